@@ -1,0 +1,35 @@
+"""Finding boards: every source answers `scan()` with the ports present now, keyed by USB location.
+
+Real serial bridges, emulated boards and ports named on the command line all come through this one
+interface, so the engine has no idea which kind it is driving.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from station.model import PortInfo
+
+
+class PortSource(Protocol):
+    def scan(self) -> list[PortInfo]: ...
+
+
+class Discovery:
+    """All sources together; a key seen twice keeps its first source's view."""
+
+    def __init__(self, sources: list[PortSource]):
+        self.sources = sources
+
+    def scan(self) -> dict[str, PortInfo]:
+        ports: dict[str, PortInfo] = {}
+        for source in self.sources:
+            for port in source.scan():
+                ports.setdefault(port.key, port)
+        return dict(sorted(ports.items(), key=lambda kv: _natural(kv[0])))
+
+
+def _natural(key: str) -> list:
+    """Sort "sim-1.10" after "sim-1.9", so tiles follow the hub's order."""
+    import re
+
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]

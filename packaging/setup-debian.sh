@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what the station needs from Debian (12 "bookworm"), skipping apt entirely when all is there.
+# Run as root (or with sudo available). Python packages come from pyproject.toml, not from here.
+set -euo pipefail
+
+packages=(
+  python3 python3-venv python3-pip           # the station's own virtual environment
+  mosquitto mosquitto-clients openssl        # the local cloud (broker + dynamic security) and cert checks
+  libegl1 libgl1 libglx0 libfontconfig1 libfreetype6 libxkbcommon0 libglib2.0-0 libdbus-1-3
+  libx11-6 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
+  libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1
+  fonts-dejavu-core                          # Qt needs a font to draw text, offscreen too
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+else
+  SUDO=
+fi
+echo "setup: installing from Debian: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# the packaged broker is not ours to run: the station starts its own on loopback when it needs one
+if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  $SUDO systemctl disable --now mosquitto || true
+fi

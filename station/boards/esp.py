@@ -1,0 +1,162 @@
+"""One ESP board's flashing session, driven through esptool's library API.
+
+The session connects once (sync, chip detect, stub, baud change, flash attach) and every later step uses the
+same loader, so firmware and payloads go to the board in one session. All calls block: the engine runs them
+in the port's worker thread. `abort()` may be called from another thread to unblock a stuck transfer.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Callable
+
+import esptool
+import esptool.cmds
+from esptool.util import FatalError, flash_size_bytes
+import serial
+from serial import SerialException
+
+from station.boards import esptool_glue
+from station.model import BoardInfo, StepFailed
+
+ProgressFn = Callable[[int, int], None]  # (done bytes, total bytes) of the current write
+
+
+class EspSession:
+    def __init__(self, url: str, log: Callable[[str, str], None], progress: ProgressFn):
+        self.url = url
+        self._log = log
+        self._progress = progress
+        self._esp = None
+        self._serial = None  # opened here, not by esptool, so a failed detect never leaves the port locked
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._write_plan: list[int] = []  # sizes of the images in the current write, for overall progress
+        self._write_index = -1
+        self._last_cur = 0
+
+    # PortSink for esptool_glue: what esptool says in this thread comes here
+    def log(self, level: str, message: str) -> None:
+        self._log(level, message)
+
+    def progress(self, cur: int, total: int) -> None:
+        # esptool reports bytes on the wire of one image at a time; turn it into overall uncompressed bytes
+        if self._write_index < 0 or cur < self._last_cur:
+            self._write_index += 1
+        self._last_cur = cur
+        i = min(self._write_index, len(self._write_plan) - 1)
+        done = sum(self._write_plan[:i]) + (self._write_plan[i] * cur // total if total else 0)
+        self._progress(done, sum(self._write_plan))
+
+    @property
+    def connected(self) -> bool:
+        return self._esp is not None and self._serial is not None
+
+    def connect(self, baud: int, connect_attempts: int = 3) -> BoardInfo:
+        self.close()
+        self._aborted = False
+        with esptool_glue.routed_to(self):
+            try:
+                serial_port = serial.serial_for_url(self.url, exclusive=True, do_not_open=True)
+                with self._lock:
+                    self._serial = serial_port
+                serial_port.open()
+                esp = esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode="default-reset",
+                                               connect_attempts=connect_attempts)
+                esp = esptool.cmds.run_stub(esp)
+                with self._lock:
+                    self._esp = esp
+                # the station has its own retry policy; esptool's reconnect loop would sleep 7 s on an unplug
+                esp.WRITE_FLASH_ATTEMPTS = 1
+                if baud != 115200:
+                    esp.change_baud(baud)
+                esptool.cmds.attach_flash(esp)
+                size_name = esptool.cmds.detect_flash_size(esp)
+                mac = ":".join(f"{b:02x}" for b in esp.read_mac("BASE_MAC"))
+                return BoardInfo(family="esp", chip=esp.CHIP_NAME, mac=mac,
+                                 flash_size=flash_size_bytes(size_name) if size_name else 0,
+                                 description=esp.get_chip_description(), features=list(esp.get_chip_features()))
+            except (FatalError, SerialException, OSError) as exc:
+                self.close()
+                raise StepFailed(explain(exc, "connect"), retryable=True) from exc
+
+    def write(self, images: list[tuple[int, bytes]]) -> None:
+        """Write images (compressed, through the stub) and let esptool check each one's MD5."""
+        esp = self._require()
+        self._write_plan = [len(data) for _, data in images]
+        self._write_index, self._last_cur = -1, 0
+        self._progress(0, sum(self._write_plan))
+        with esptool_glue.routed_to(self):
+            try:
+                esptool.cmds.write_flash(esp, images, flash_freq="keep", flash_mode="keep", flash_size="keep")
+            except (FatalError, SerialException, OSError) as exc:
+                self.close()
+                raise StepFailed(explain(exc, "write")) from exc
+
+    def verify(self, images: list[tuple[int, bytes]]) -> None:
+        """Ask the board for the MD5 of every region written and compare it with what was meant to be there."""
+        esp = self._require()
+        with esptool_glue.routed_to(self):
+            for offset, data in images:
+                try:
+                    actual = esp.flash_md5sum(offset, len(data))
+                except (FatalError, SerialException, OSError) as exc:
+                    self.close()
+                    raise StepFailed(explain(exc, "verify")) from exc
+                if actual != hashlib.md5(data).hexdigest():
+                    raise StepFailed(f"Verify failed: flash at {offset:#x} ({len(data)} bytes) does not hold "
+                                     f"what was written (MD5 {actual[:8]}…). The flash may be faulty.")
+
+    def read(self, offset: int, size: int) -> bytes:
+        esp = self._require()
+        with esptool_glue.routed_to(self):
+            return esptool.cmds.read_flash(esp, offset, size, None, no_progress=True)
+
+    def reset(self) -> None:
+        """Reset into the app. Over TCP there is no RTS line; that is the transport's limit, not an error."""
+        esp = self._require()
+        with esptool_glue.routed_to(self):
+            try:
+                esptool.cmds.reset_chip(esp, "hard-reset")
+            except (FatalError, SerialException, OSError) as exc:
+                raise StepFailed(explain(exc, "reset")) from exc
+        self.close()
+
+    def abort(self) -> None:
+        """Unblock a transfer from another thread (timeout, Stop): closing the port makes esptool's read fail."""
+        self._aborted = True
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            port, self._serial, self._esp = self._serial, None, None
+        if port is not None:
+            try:
+                port.close()
+            except Exception:  # noqa: BLE001 - closing a vanished port may fail in many ways; it is gone anyway
+                pass
+
+    def _require(self):
+        esp = self._esp if self._serial is not None else None
+        if esp is None:
+            raise StepFailed("Lost the connection to the board" if self._aborted else "Board is not connected")
+        return esp
+
+
+def explain(exc: Exception, doing: str) -> str:
+    """esptool's and pyserial's errors in words a technician can act on."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lower = str(exc).lower()
+    if "md5 of file does not match" in lower:
+        return "Verify failed: the board's flash does not hold what was written (MD5 mismatch)"
+    if "wrong boot mode" in lower:
+        return ("Board is not in download mode (boot:0x13): hold BOOT while pressing RESET, "
+                f"or check the EN/IO0 auto-reset circuit ({text})")
+    if "failed to connect" in lower or "no serial data received" in lower:
+        return f"No answer from the board: is it powered and in download mode? ({text})"
+    if isinstance(exc, (SerialException, OSError)) or "socket disconnected" in lower or "could not open" in lower:
+        return f"Lost the connection to the board during {doing} ({text})"
+    if "failed to write" in lower or "flash write" in lower or "0x08" in lower:
+        return f"Flash write error reported by the board: the flash may be faulty ({text})"
+    return f"{doing.capitalize()} failed: {text}"
+

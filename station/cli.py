@@ -1,0 +1,187 @@
+"""`station`: the command-line front end of the engine."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from station.discovery import Discovery, PortSource
+from station.discovery.serial_ports import SerialPortSource
+from station.discovery.sim_ports import SimPortSource
+from station.discovery.static_ports import StaticPortSource
+from station.engine import BatchSummary, Engine
+from station.journal import Journal
+from station.profiles import Profile, ProfileError, load_profile, resolve_psk
+from station.settings import data_dir, operator, station_id
+from station.sim.cli import sim
+from station.terminal import TerminalReport
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+DEMO_PSK_ENV = "STATION_DEMO_WIFI_PSK"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="STATION_DATA_DIR",
+              help="Where the journal lives (default: the user data dir; env STATION_DATA_DIR).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: str | None) -> None:
+    """USB provisioning station: many boards at once, every step journaled."""
+    ctx.obj = {"data_dir": data_dir}
+
+
+main.add_command(sim)
+
+
+def _open_journal(ctx: click.Context, sub: str = "") -> tuple[Journal, Path]:
+    base = data_dir(ctx.obj["data_dir"])
+    folder = base / sub if sub else base
+    journal = Journal(folder / "journal.sqlite3")
+    interrupted = journal.recover()
+    for dev in interrupted:
+        click.echo(f"note: board on {dev.port} (batch {dev.batch_id}, {dev.chip or 'chip unknown'}) was interrupted "
+                   f"last time; it needs provisioning again.", err=True)
+    return journal, base
+
+
+def _load(path: str) -> tuple[Profile, str | None]:
+    try:
+        profile = load_profile(path)
+        psk = resolve_psk(profile.wifi) if profile.wifi else None
+    except ProfileError as exc:
+        raise click.ClickException(str(exc))
+    return profile, psk
+
+
+async def _run(engine: Engine, one_touch: bool, allowed: set[str] | None) -> BatchSummary:
+    if not one_touch:
+        return await engine.run_batch()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    click.echo("one-touch armed: plug boards in; Ctrl-C to stop")
+    return await engine.run_one_touch(stop, allowed)
+
+
+def _provision(ctx: click.Context, profile: Profile, psk: str | None, sources: list[PortSource], one_touch: bool,
+               allowed: set[str] | None, operator_name: str | None, lot: str, verbose: bool,
+               journal_sub: str = "") -> BatchSummary:
+    journal, base = _open_journal(ctx, journal_sub)
+    engine = Engine(profile, Discovery(sources), journal, operator=operator(operator_name),
+                    station_id=station_id(base), lot=lot, psk=psk)
+    engine.subscribe(TerminalReport(verbose=verbose))
+    click.echo(f"profile: {profile.summary()}")
+    try:
+        summary = asyncio.run(_run(engine, one_touch, allowed))
+    finally:
+        engine.close()
+        journal.close()
+    for key, reason in summary.failed.items():
+        click.echo(f"FAILED {key}: {reason}", err=True)
+    return summary
+
+
+@main.command()
+@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False),
+              help="Product profile (TOML); examples in profiles/.")
+@click.option("--port", "ports", multiple=True, metavar="URL",
+              help="Only these ports (tty path or socket://host:port); repeatable. Default: every known USB "
+                   "serial bridge.")
+@click.option("--one-touch", is_flag=True, help="Provision every allowed board that is plugged in, until Ctrl-C.")
+@click.option("--allow", "allowed", multiple=True, metavar="LOCATION",
+              help="One-touch: only these USB locations act (repeatable).")
+@click.option("--sim-registry", type=click.Path(file_okay=False), envvar="STATION_SIM_REGISTRY",
+              help="Also find emulated boards served by `station sim esp --registry DIR`.")
+@click.option("--operator", "operator_name", help="Who runs the batch (default: $STATION_OPERATOR or login).")
+@click.option("--lot", default="", help="Lot / batch label recorded with every board.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every log line from every port.")
+@click.pass_context
+def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operator_name, lot, verbose):
+    """Provision the boards on the hub with a profile. Exit code 1 when any board failed."""
+    profile, psk = _load(profile_path)
+    sources: list[PortSource]
+    if ports:
+        sources = [StaticPortSource(list(ports))]
+    else:
+        sources = [SerialPortSource()]
+        if sim_registry:
+            sources.append(SimPortSource(Path(sim_registry)))
+    summary = _provision(ctx, profile, psk, sources, one_touch, set(allowed) or None, operator_name, lot, verbose)
+    sys.exit(0 if summary.ok else 1)
+
+
+@main.command()
+@click.option("--boards", default=8, show_default=True, help="How many emulated boards (ESP32, C3, ESP8266 mix).")
+@click.option("--headless", is_flag=True, help="Terminal only, no window.")
+@click.option("--faults/--no-faults", default=False, help="Make one board vanish mid-flash, to see a failure.")
+@click.option("--throttle/--no-throttle", default=True, show_default=True,
+              help="Pace the emulated boards to their real serial line rate.")
+@click.option("--profile", "profile_path", default=str(PROFILES_DIR / "demo-mixed.toml"), show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
+def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
+    """Provision emulated boards: the whole station with no hardware. Its journal is kept apart (demo/)."""
+    import secrets
+    import tempfile
+
+    from station.sim.esp_server import EspSimServer, demo_fleet
+
+    if not headless:
+        click.echo("The window arrives with the GUI issue; running the demo in the terminal.", err=True)
+    # the demo network's passphrase is made up per run unless given; it is never printed
+    os.environ.setdefault(DEMO_PSK_ENV, secrets.token_urlsafe(16))
+    profile, psk = _load(profile_path)
+    with tempfile.TemporaryDirectory(prefix="station-sim-") as registry:
+        server = EspSimServer(demo_fleet(boards, faults=faults), registry=Path(registry), throttle=throttle)
+        server.start()
+        try:
+            summary = _provision(ctx, profile, psk, [SimPortSource(Path(registry))], False, None, None, "demo",
+                                 verbose, journal_sub="demo")
+        finally:
+            server.stop()
+    sys.exit(0 if summary.ok or faults else 1)
+
+
+@main.command()
+@click.option("--batch", "batch_id", help="Only this batch.")
+@click.pass_context
+def devices(ctx, batch_id):
+    """List provisioned devices from the journal."""
+    journal, _ = _open_journal(ctx)
+    rows = journal.devices(batch_id)
+    click.echo(f"{'result':<12} {'port':<14} {'chip':<9} {'mac':<18} {'batch':<24} reason")
+    for d in rows:
+        click.echo(f"{d.result:<12} {d.port:<14} {d.chip:<9} {d.mac:<18} {d.batch_id:<24} {d.reason}")
+    click.echo(f"{len(rows)} devices")
+    journal.close()
+
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--batch", "batch_id", help="Only this batch.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.pass_context
+def export(ctx, fmt, batch_id, output):
+    """Export device records (port, chip, MAC, image hashes, steps, who/when/where)."""
+    from station.manifest import device_records, write_csv, write_jsonl
+
+    journal, _ = _open_journal(ctx)
+    write = write_jsonl if fmt == "jsonl" else write_csv
+    if output:
+        tmp = Path(output).with_suffix(Path(output).suffix + ".part")
+        with open(tmp, "w", newline="") as out:
+            count = write(device_records(journal, batch_id), out)
+        os.replace(tmp, output)  # a failed export never leaves a half-written file under the real name
+        click.echo(f"{count} records written to {output}", err=True)
+    else:
+        write(device_records(journal, batch_id), sys.stdout)
+    journal.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""The octopus: watches the ports and runs one pipeline per board, many at once.
+
+Everything runs on one asyncio loop (the GUI hosts it in Qt through qasync); blocking serial I/O runs in a
+thread pool with a worker per port. A port's failure is caught inside its own pipeline, so it never stalls or
+fails another port. The engine tells the world what happens only through events (station.events).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from station import events as ev
+from station.boards.esp import EspSession
+from station.discovery import Discovery
+from station.journal import Journal
+from station.model import Mode, PortInfo, PortKey, Result, StepFailed
+from station.pipeline import DeviceContext, Step, steps_for
+from station.profiles import Profile
+
+Listener = Callable[[ev.Event], None]
+
+
+@dataclass
+class BatchSummary:
+    batch_id: str
+    passed: list[PortKey] = field(default_factory=list)
+    failed: dict[PortKey, str] = field(default_factory=dict)  # port -> reason
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Engine:
+    def __init__(self, profile: Profile, discovery: Discovery, journal: Journal, *, operator: str,
+                 station_id: str, lot: str = "", psk: str | None = None, poll_interval: float = 0.25,
+                 workers: int = 64):
+        self.profile = profile
+        self.discovery = discovery
+        self.journal = journal
+        self.operator, self.station_id, self.lot = operator, station_id, lot
+        self._psk = psk
+        self.poll_interval = poll_interval
+        # threads start lazily, one per busy port; 64 covers the largest hubs with room for payload builders
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="port")
+        self.present: dict[PortKey, PortInfo] = {}
+        self._listeners: list[Listener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: dict[PortKey, asyncio.Task] = {}
+        self._sessions: dict[PortKey, EspSession] = {}
+        self._progress: dict[PortKey, int] = {}  # last percent per port, for "vanished at 62 %"
+        self._step: dict[PortKey, str] = {}  # the step each port is in
+        self._last_batch: BatchSummary | None = None
+
+    # --- events -------------------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _publish(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Progress):
+            self._progress[event.key] = event.percent
+        for listener in list(self._listeners):
+            listener(event)
+
+    def _publish_threadsafe(self, event: ev.Event) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            self._publish(event)
+        else:
+            self._loop.call_soon_threadsafe(self._publish, event)
+
+    # --- discovery ----------------------------------------------------------------------------------------
+
+    async def scan(self) -> tuple[list[PortInfo], list[PortKey]]:
+        """Look at the ports once; publish what appeared and what went. Returns (appeared, gone)."""
+        self._bind_loop()
+        now = await self._loop.run_in_executor(self.pool, self.discovery.scan)
+        appeared = [p for k, p in now.items() if k not in self.present]
+        gone = [k for k in self.present if k not in now]
+        self.present = now
+        for key in gone:
+            self._publish(ev.PortGone(key))
+        for port in appeared:
+            self._publish(ev.PortAppeared(port))
+        return appeared, gone
+
+    def _bind_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+
+    # --- batches ------------------------------------------------------------------------------------------
+
+    async def run_batch(self, only: Iterable[PortKey] | None = None, batch_id: str | None = None) -> BatchSummary:
+        """BATCH: provision the boards present now (or just `only`), and finish when all are done."""
+        await self.scan()
+        keys = [k for k in self.present if only is None or k in set(only)]
+        batch_id = batch_id or self._start_batch(Mode.BATCH)
+        summary = BatchSummary(batch_id)
+        self._publish(ev.BatchStarted(batch_id, self.profile.name, Mode.BATCH.value, tuple(keys)))
+        watcher = asyncio.ensure_future(self._watch())
+        try:
+            tasks = [self._start(self.present[k], batch_id, summary) for k in keys]
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            watcher.cancel()
+        return self._finish_batch(summary)
+
+    async def retry_failed(self) -> BatchSummary:
+        """Re-run only the ports that failed in the last batch, as part of that batch."""
+        if self._last_batch is None or not self._last_batch.failed:
+            raise RuntimeError("No failed boards to retry")
+        last = self._last_batch
+        again = await self.run_batch(only=list(last.failed), batch_id=last.batch_id)
+        merged = BatchSummary(last.batch_id, passed=last.passed + again.passed, failed=again.failed)
+        self._last_batch = merged
+        return merged
+
+    async def run_one_touch(self, stop: asyncio.Event, allowed: set[PortKey] | None = None) -> BatchSummary:
+        """ONE_TOUCH: provision every allowed board that appears, until `stop` is set.
+
+        A board is provisioned once per plug-in: its port must go away (board pulled) before the next board
+        on that port is started. Boards already plugged in when arming count as appearing now.
+        """
+        batch_id = self._start_batch(Mode.ONE_TOUCH)
+        summary = BatchSummary(batch_id)
+        self._publish(ev.BatchStarted(batch_id, self.profile.name, Mode.ONE_TOUCH.value, ()))
+        self.present = {}  # so every board plugged in now is seen as appearing
+        done_on: set[PortKey] = set()
+        tasks: set[asyncio.Task] = set()
+        while not stop.is_set():
+            appeared, gone = await self.scan()
+            done_on.difference_update(gone)
+            for port in appeared:
+                if (allowed is None or port.key in allowed) and port.key not in done_on \
+                        and port.key not in self._running:
+                    done_on.add(port.key)
+                    tasks.add(self._start(port, batch_id, summary))
+            tasks = {t for t in tasks if not t.done()}
+            try:
+                await asyncio.wait_for(stop.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return self._finish_batch(summary)
+
+    def cancel(self, key: PortKey) -> None:
+        """Stop one port's pipeline; the others go on."""
+        task = self._running.get(key)
+        if task is not None:
+            task.cancel()
+
+    def stop(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def close(self) -> None:
+        self.stop()
+        for session in list(self._sessions.values()):
+            session.abort()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _start_batch(self, mode: Mode) -> str:
+        self._bind_loop()
+        return self.journal.start_batch(self.profile.name, self.profile.sha256, mode.value, self.operator,
+                                        self.station_id, self.lot)
+
+    def _finish_batch(self, summary: BatchSummary) -> BatchSummary:
+        self.journal.end_batch(summary.batch_id)
+        self._last_batch = summary
+        self._publish(ev.BatchDone(summary.batch_id, len(summary.passed), len(summary.failed)))
+        return summary
+
+    async def _watch(self) -> None:
+        """Keep discovery fresh while a batch runs, so unplugs show and vanished boards are recognised."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            await self.scan()
+
+    # --- one device ---------------------------------------------------------------------------------------
+
+    def _start(self, port: PortInfo, batch_id: str, summary: BatchSummary) -> asyncio.Task:
+        task = asyncio.ensure_future(self._provision(port, batch_id, summary))
+        self._running[port.key] = task
+        task.add_done_callback(lambda _t, k=port.key: self._running.pop(k, None))
+        return task
+
+    async def _provision(self, port: PortInfo, batch_id: str, summary: BatchSummary) -> None:
+        loop = asyncio.get_running_loop()
+        key = port.key
+        started = time.monotonic()
+        steps = steps_for(self.profile)
+        device_id = await loop.run_in_executor(self.pool, self.journal.start_device, batch_id, key,
+                                               port.usb_id, port.family)
+        self._progress[key] = 0
+        self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps)))
+        session = EspSession(port.url, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
+                             progress=self._progress_reporter(key))
+        self._sessions[key] = session
+        ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, psk=self._psk)
+        result, reason = Result.PASS, ""
+        try:
+            for index, step in enumerate(steps):
+                self._step[key] = step.name
+                await self._run_step(ctx, device_id, step, index)
+                if step.name == "detect" and ctx.board is not None:
+                    self._publish(ev.BoardIdentified(key, ctx.board))
+        except StepFailed as exc:
+            result, reason = Result.FAIL, await self._explain_failure(key, exc.reason)
+        except asyncio.CancelledError:
+            result, reason = Result.INTERRUPTED, "Stopped by the operator"
+        except Exception as exc:  # noqa: BLE001 - a bug in one port's pipeline must not take the others down
+            result, reason = Result.FAIL, f"Internal error: {type(exc).__name__}: {exc}"
+            self._publish(ev.Log(key, "error", reason))
+        finally:
+            session.abort() if result is not Result.PASS else session.close()
+            self._sessions.pop(key, None)
+        await asyncio.shield(loop.run_in_executor(self.pool, self.journal.end_device, device_id, result, reason))
+        (summary.passed.append(key) if result is Result.PASS else summary.failed.__setitem__(key, reason))
+        self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
+
+    async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
+        policy = self.profile.steps[step.name]
+        key = ctx.port.key
+        for attempt in range(1, policy.retries + 2):
+            self._publish(ev.StepStarted(key, step.name, index, attempt))
+            began = time.monotonic()
+            try:
+                detail = await self._in_worker(ctx, device_id, step, attempt, policy.timeout)
+            except StepFailed as exc:
+                self._publish(ev.StepDone(key, step.name, False, exc.reason, time.monotonic() - began))
+                if attempt > policy.retries or (not exc.retryable and step.name != "detect"):
+                    raise
+                self._publish(ev.Log(key, "warning", f"{step.name} failed ({exc.reason}); retrying"))
+                continue
+            self._publish(ev.StepDone(key, step.name, True, detail, time.monotonic() - began))
+            if step.name == "detect" and ctx.board is not None:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.journal.set_board, device_id, ctx.board.chip, ctx.board.mac,
+                    {"description": ctx.board.description, "flash_size": ctx.board.flash_size,
+                     "features": ctx.board.features})
+            if ctx.written:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.pool, self.journal.set_images, device_id, [i.record() for i in ctx.written])
+            return
+
+    async def _in_worker(self, ctx: DeviceContext, device_id: str, step: Step, attempt: int,
+                         timeout: float) -> str:
+        """Run one attempt in the port's worker thread, journaled there so the loop never waits on fsync."""
+
+        def work() -> str:
+            step_id = self.journal.start_step(device_id, step.name, attempt)
+            try:
+                detail = step.run(ctx)
+            except StepFailed as exc:
+                self.journal.end_step(step_id, False, exc.reason)
+                raise
+            except Exception as exc:
+                self.journal.end_step(step_id, False, f"{type(exc).__name__}: {exc}")
+                raise
+            self.journal.end_step(step_id, True, detail)
+            return detail
+
+        future = asyncio.get_running_loop().run_in_executor(self.pool, work)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            ctx.session.abort()  # unblocks the worker; wait for it so the record stays in order
+            await asyncio.gather(future, return_exceptions=True)
+            raise StepFailed(f"{step.name} took longer than {timeout:g} s and was stopped", retryable=True)
+        except asyncio.CancelledError:
+            ctx.session.abort()
+            await asyncio.gather(future, return_exceptions=True)
+            raise
+
+    def _progress_reporter(self, key: PortKey) -> Callable[[int, int], None]:
+        start = [time.monotonic()]
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == 0:  # a new transfer begins
+                start[0] = now
+            rate = done / (now - start[0]) if now > start[0] else 0.0
+            self._publish_threadsafe(ev.Progress(key, self._step.get(key, ""), done, total, rate))
+
+        return report
+
+    async def _explain_failure(self, key: PortKey, reason: str) -> str:
+        """A board that is no longer on the hub did not fail on its own: say it vanished, and when."""
+        await self.scan()
+        if key in self.present:
+            return reason
+        step = self._step.get(key, "")
+        at = f" at {self._progress.get(key, 0)} %" if step in ("flash", "write-data") else ""
+        return f"Board vanished during {step}{at} ({reason})"

@@ -1,0 +1,99 @@
+"""Typed events: the only thing a front end (terminal or Qt) consumes from the engine.
+
+Events are plain frozen dataclasses, delivered on the engine's event loop in the order they happened.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from station.model import BoardInfo, PortInfo, PortKey
+
+
+@dataclass(frozen=True)
+class PortAppeared:
+    port: PortInfo
+
+
+@dataclass(frozen=True)
+class PortGone:
+    key: PortKey
+
+
+@dataclass(frozen=True)
+class BatchStarted:
+    batch_id: str
+    profile: str
+    mode: str
+    ports: tuple[PortKey, ...]
+
+
+@dataclass(frozen=True)
+class DeviceStarted:
+    key: PortKey
+    device_id: str
+    steps: tuple[str, ...]  # the profile's steps, in order
+
+
+@dataclass(frozen=True)
+class BoardIdentified:
+    key: PortKey
+    board: BoardInfo
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    key: PortKey
+    step: str
+    index: int  # 0-based position in DeviceStarted.steps
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    key: PortKey
+    step: str
+    done: int  # bytes
+    total: int  # bytes
+    rate: float  # bytes per second since the transfer began
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.done / self.total) if self.total else 0
+
+
+@dataclass(frozen=True)
+class StepDone:
+    key: PortKey
+    step: str
+    ok: bool
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DeviceDone:
+    key: PortKey
+    device_id: str
+    ok: bool
+    reason: str  # "" on pass; plain words on failure ("Board vanished during flash at 62 %")
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    batch_id: str
+    passed: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Log:
+    key: PortKey | None  # None: the station itself
+    level: str  # "debug", "info", "warning", "error"
+    message: str
+
+
+Event = (
+    PortAppeared | PortGone | BatchStarted | DeviceStarted | BoardIdentified | StepStarted | Progress
+    | StepDone | DeviceDone | BatchDone | Log
+)

@@ -1,0 +1,208 @@
+"""The journal: an SQLite file (WAL) that records every batch, device and step as it happens.
+
+Each write commits with synchronous=FULL, so a step that has ended survives a crash or power cut. A device
+still marked "running" when the station starts again was interrupted; `recover()` marks and reports those.
+Calls come from the ports' worker threads, so one connection is shared under a lock.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from station.model import Result
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    profile_sha256 TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    station_id TEXT NOT NULL,
+    lot TEXT NOT NULL DEFAULT '',
+    started REAL NOT NULL,
+    ended REAL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL REFERENCES batches(id),
+    port TEXT NOT NULL,
+    usb_id TEXT NOT NULL DEFAULT '',
+    family TEXT NOT NULL DEFAULT '',
+    chip TEXT NOT NULL DEFAULT '',
+    mac TEXT NOT NULL DEFAULT '',
+    board TEXT NOT NULL DEFAULT '{}',
+    images TEXT NOT NULL DEFAULT '[]',
+    result TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    started REAL NOT NULL,
+    ended REAL
+);
+CREATE INDEX IF NOT EXISTS devices_batch ON devices(batch_id);
+CREATE INDEX IF NOT EXISTS devices_mac ON devices(mac);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    name TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    result TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS steps_device ON steps(device_id);
+"""
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    id: str
+    batch_id: str
+    port: str
+    usb_id: str
+    family: str
+    chip: str
+    mac: str
+    board: dict
+    images: list
+    result: str
+    reason: str
+    started: float
+    ended: float | None
+
+
+@dataclass(frozen=True)
+class StepRow:
+    name: str
+    attempt: int
+    started: float
+    ended: float | None
+    result: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    id: str
+    profile: str
+    profile_sha256: str
+    mode: str
+    operator: str
+    station_id: str
+    lot: str
+    started: float
+    ended: float | None
+
+
+class Journal:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            with self._db:  # one transaction, committed (and fsynced) on exit
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(sql, args)
+
+    # --- writes -------------------------------------------------------------------------------------------
+
+    def start_batch(self, profile: str, profile_sha256: str, mode: str, operator: str, station_id: str,
+                    lot: str = "") -> str:
+        batch_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self._write("INSERT INTO batches (id, profile, profile_sha256, mode, operator, station_id, lot, started)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (batch_id, profile, profile_sha256, mode, operator, station_id, lot, time.time()))
+        return batch_id
+
+    def end_batch(self, batch_id: str) -> None:
+        self._write("UPDATE batches SET ended = ? WHERE id = ?", (time.time(), batch_id))
+
+    def start_device(self, batch_id: str, port: str, usb_id: str, family: str) -> str:
+        device_id = uuid.uuid4().hex
+        self._write("INSERT INTO devices (id, batch_id, port, usb_id, family, result, started)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (device_id, batch_id, port, usb_id, family, Result.RUNNING.value, time.time()))
+        return device_id
+
+    def set_board(self, device_id: str, chip: str, mac: str, board: dict) -> None:
+        self._write("UPDATE devices SET chip = ?, mac = ?, board = ? WHERE id = ?",
+                    (chip, mac, json.dumps(board, sort_keys=True), device_id))
+
+    def set_images(self, device_id: str, images: list[dict]) -> None:
+        self._write("UPDATE devices SET images = ? WHERE id = ?", (json.dumps(images), device_id))
+
+    def start_step(self, device_id: str, name: str, attempt: int) -> int:
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.execute("INSERT INTO steps (device_id, name, attempt, started, result)"
+                                       " VALUES (?, ?, ?, ?, ?)",
+                                       (device_id, name, attempt, time.time(), Result.RUNNING.value))
+                return int(cur.lastrowid)
+
+    def end_step(self, step_id: int, ok: bool, detail: str) -> None:
+        self._write("UPDATE steps SET ended = ?, result = ?, detail = ? WHERE id = ?",
+                    (time.time(), (Result.PASS if ok else Result.FAIL).value, detail, step_id))
+
+    def end_device(self, device_id: str, result: Result, reason: str = "") -> None:
+        self._write("UPDATE devices SET result = ?, reason = ?, ended = ? WHERE id = ?",
+                    (result.value, reason, time.time(), device_id))
+
+    def recover(self) -> list[DeviceRow]:
+        """Mark devices and steps left running by a previous process as interrupted; return those devices."""
+        with self._lock:
+            rows = [self._device(r) for r in self._db.execute(
+                "SELECT * FROM devices WHERE result = ? ORDER BY started", (Result.RUNNING.value,))]
+        now = time.time()
+        for row in rows:
+            self._write("UPDATE steps SET result = ?, ended = ?, detail = 'station stopped during this step'"
+                        " WHERE device_id = ? AND result = ?",
+                        (Result.INTERRUPTED.value, now, row.id, Result.RUNNING.value))
+            self.end_device(row.id, Result.INTERRUPTED, "station stopped before this board finished")
+        return rows
+
+    # --- reads --------------------------------------------------------------------------------------------
+
+    def batches(self) -> list[BatchRow]:
+        with self._lock:
+            return [BatchRow(*r) for r in self._db.execute(
+                "SELECT id, profile, profile_sha256, mode, operator, station_id, lot, started, ended"
+                " FROM batches ORDER BY started")]
+
+    def batch(self, batch_id: str) -> BatchRow | None:
+        return next((b for b in self.batches() if b.id == batch_id), None)
+
+    def devices(self, batch_id: str | None = None) -> list[DeviceRow]:
+        sql, args = "SELECT * FROM devices", ()
+        if batch_id:
+            sql, args = sql + " WHERE batch_id = ?", (batch_id,)
+        with self._lock:
+            return [self._device(r) for r in self._db.execute(sql + " ORDER BY started, port", args)]
+
+    def steps(self, device_id: str) -> list[StepRow]:
+        with self._lock:
+            return [StepRow(*r) for r in self._db.execute(
+                "SELECT name, attempt, started, ended, result, detail FROM steps WHERE device_id = ? ORDER BY id",
+                (device_id,))]
+
+    @staticmethod
+    def _device(r: tuple) -> DeviceRow:
+        (id_, batch_id, port, usb_id, family, chip, mac, board, images, result, reason, started, ended) = r
+        return DeviceRow(id_, batch_id, port, usb_id, family, chip, mac, json.loads(board), json.loads(images),
+                         result, reason, started, ended)
