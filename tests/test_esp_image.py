@@ -94,6 +94,12 @@ def test_good_images_pass(apps, chip, offset):
     assert image_chip(apps[chip]) == chip
 
 
+def test_checks_log_nothing(apps, capfd):
+    # esptool would log "Suspicious segment" for the Arduino sketch's irom0 segment
+    check_app_image(apps["ESP8266"], "ESP8266", 4 * MiB, 0x0, "ota-switch.bin")
+    assert capfd.readouterr() == ("", "")
+
+
 @pytest.mark.parametrize("chip", ["ESP32", "ESP32-C3"])
 def test_bootloaders_pass_at_their_offset(chip):
     check_bootloader_image(make_bootloader_image(chip), chip, 4 * MiB, "bootloader.bin")

@@ -60,6 +60,13 @@ def test_wifi_nvs_reads_back_with_driver_layout():
     assert values[(WIFI, "sta.apsw")] == bytes(2)
 
 
+def test_building_prints_nothing(capfd):
+    build_wifi_nvs(SSID, PSK, 0x6000)
+    with pytest.raises(PayloadError):
+        build_wifi_nvs(SSID, PSK, 0x1000)  # the library's own size check would sys.exit here
+    assert capfd.readouterr() == ("", "")
+
+
 def test_open_network_and_raw_key_are_accepted():
     open_net = read_nvs(build_wifi_nvs("guest", "", 0x3000))
     assert open_net[(WIFI, "sta.pswd")] == bytes(64)
