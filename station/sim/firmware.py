@@ -19,6 +19,7 @@ import io
 import random
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from esptool.bin_image import ELFSection, ESP8266ROMFirmwareImage, ImageSegment
@@ -49,14 +50,18 @@ _BOOTLOADER_DESC_MAGIC = 0x50
 _MMU_PAGE = 0x10000
 
 
+@dataclass(frozen=True)
 class _Layout:
     """Where a chip's ESP-IDF app and bootloader segments load (from the IDF linker scripts)."""
 
-    def __init__(self, drom, irom, dram, iram, boot_dram, boot_iram, max_rev_full, shared_cache):
-        self.drom, self.irom, self.dram, self.iram = drom, irom, dram, iram
-        self.boot_dram, self.boot_iram = boot_dram, boot_iram
-        self.max_rev_full = max_rev_full  # CONFIG_<chip>_REV_MAX_FULL of IDF 5.x
-        self.shared_cache = shared_cache  # IROM and DROM share one MMU table (C3)
+    drom: int
+    irom: int
+    dram: int
+    iram: int
+    boot_dram: int
+    boot_iram: tuple[int, int]  # iram_loader_seg, iram_seg
+    max_rev_full: int  # CONFIG_<chip>_REV_MAX_FULL of IDF 5.x
+    shared_cache: bool  # IROM and DROM share one MMU table (C3)
 
 
 _LAYOUTS = {
@@ -78,9 +83,9 @@ def make_app_image(
     """A valid app image for `chip` of roughly `size` bytes (at least the minimal image)."""
     _check_text("project_name", project_name)
     _check_text("version", version)
-    rng = random.Random(f"{chip}/{project_name}/{version}/{seed}")  # str seeds are stable
-    fill = _filler(rng, compressible)
     rom = rom_class(chip)
+    rng = random.Random(f"{rom.CHIP_NAME}/{project_name}/{version}/{seed}")  # str seeds are stable
+    fill = _filler(rng, compressible)
     if rom is ESP8266ROM:
         return _arduino_esp8266_bin(project_name, version, size, fill)
 
