@@ -26,7 +26,7 @@ def apps():
     return {
         "ESP32": make_app_image("ESP32", "mqtt-sensor", "1.4.0", size=300 * 1024, seed=1),
         "ESP32-C3": make_app_image("ESP32-C3", "mqtt-sensor", "1.4.0", size=280 * 1024, seed=2),
-        "ESP8266": make_app_image("ESP8266", "ota-switch", "2.1.0", size=300 * 1024, seed=3),
+        "ESP8266": make_app_image("ESP8266", "ota-switch", "2.1.0", size=300 * 1024, seed=3, arduino=True),
     }
 
 
@@ -175,6 +175,7 @@ def test_demo_set_script_writes_and_pins_files(tmp_path, capsys):
         "mqtt-sensor-esp32/bootloader.bin", "mqtt-sensor-esp32/partition-table.bin",
         "mqtt-sensor-esp32/mqtt-sensor.bin", "mqtt-sensor-esp32c3/bootloader.bin",
         "mqtt-sensor-esp32c3/partition-table.bin", "mqtt-sensor-esp32c3/mqtt-sensor.bin",
+        "ota-switch-esp8266/bootloader.bin", "ota-switch-esp8266/partition-table.bin",
         "ota-switch-esp8266/ota-switch.bin",
     }
     for path in written:

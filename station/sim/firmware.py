@@ -3,8 +3,9 @@
 ESP32-family images are written by esptool's own image classes (`ESP32FirmwareImage.save`),
 so header, MMU-page padding, checksum and appended SHA-256 are exactly what esptool and the
 ROM expect; `esptool image-info` shows the project name and version from a real
-`esp_app_desc_t`. ESP8266 images follow the Arduino core's elf2bin.py layout: an eboot-like
-loader image at 0x0 padded to 4 KiB, then the sketch image with its flash-mapped irom0 segment.
+`esp_app_desc_t`. ESP8266 images come in two layouts: ESP8266_RTOS_SDK 3.x (IDF-style: a bootloader at 0x0, a partition
+table at 0x8000 with NVS and two OTA slots, the app at 0x10000), which the shipped OTA profile uses, and
+the Arduino core's elf2bin.py layout (an eboot-like loader padded to 4 KiB, then the sketch image).
 
 Output is a pure function of the arguments (no clock, seeded random), so SHA-256 pins in the
 shipped profiles stay valid.
@@ -30,6 +31,8 @@ from esptool.targets import ESP8266ROM
 from station.boards.esp_image import rom_class
 from station.payloads.partition_table import (
     SUBTYPE_APP_FACTORY,
+    SUBTYPE_APP_OTA_0,
+    SUBTYPE_DATA_OTA,
     SUBTYPE_DATA_NVS,
     SUBTYPE_DATA_PHY,
     TYPE_APP,
@@ -79,15 +82,21 @@ def make_app_image(
     size: int = 0,
     seed: int = 0,
     compressible: bool = True,
+    arduino: bool = False,
 ) -> bytes:
-    """A valid app image for `chip` of roughly `size` bytes (at least the minimal image)."""
+    """A valid app image for `chip` of roughly `size` bytes (at least the minimal image).
+
+    ESP8266: an ESP8266_RTOS_SDK app for 0x10000, or with `arduino` the Arduino .bin for 0x0.
+    """
     _check_text("project_name", project_name)
     _check_text("version", version)
     rom = rom_class(chip)
     rng = random.Random(f"{rom.CHIP_NAME}/{project_name}/{version}/{seed}")  # str seeds are stable
     fill = _filler(rng, compressible)
     if rom is ESP8266ROM:
-        return _arduino_esp8266_bin(project_name, version, size, fill)
+        if arduino:
+            return _arduino_esp8266_bin(project_name, version, size, fill)
+        return _rtos_esp8266_app(project_name, version, size, fill)
 
     layout = _LAYOUTS.get(rom.CHIP_NAME)
     if layout is None:
@@ -130,8 +139,8 @@ def make_app_image(
 def make_bootloader_image(chip: str) -> bytes:
     """A second-stage bootloader image (RAM segments only, with esp_bootloader_desc_t).
 
-    ESP8266 Arduino has no separate bootloader: this is its eboot-like loader, the first
-    4 KiB of every Arduino .bin (make_app_image includes it).
+    ESP8266: a RAM-only loader image, used as the ESP8266_RTOS_SDK bootloader at 0x0 (and, padded, as
+    the eboot-like first 4 KiB of an Arduino .bin).
     """
     rom = rom_class(chip)
     fill = _filler(random.Random(f"bootloader/{rom.CHIP_NAME}"), compressible=True)
@@ -151,6 +160,17 @@ def make_bootloader_image(chip: str) -> bytes:
         _section(".iram.text", main_iram, fill(0x2C00)),
     ]
     return _save_esp32_family(rom, segments, entry=main_iram + 0x100)
+
+
+def ota_partitions(slot_size: int = 0xF0000) -> list[Partition]:
+    """Two OTA slots after NVS and otadata (ESP8266_RTOS_SDK / IDF "partitions_two_ota.csv")."""
+    return [
+        Partition("nvs", TYPE_DATA, SUBTYPE_DATA_NVS, 0x9000, 0x4000),
+        Partition("otadata", TYPE_DATA, SUBTYPE_DATA_OTA, 0xD000, 0x2000),
+        Partition("phy_init", TYPE_DATA, SUBTYPE_DATA_PHY, 0xF000, 0x1000),
+        Partition("ota_0", TYPE_APP, SUBTYPE_APP_OTA_0, 0x10000, slot_size),
+        Partition("ota_1", TYPE_APP, SUBTYPE_APP_OTA_0 + 1, 0x10000 + slot_size, slot_size),
+    ]
 
 
 def default_partitions(app_size: int = 0x100000) -> list[Partition]:
@@ -215,6 +235,18 @@ def _arduino_esp8266_bin(project_name: str, version: str, size: int, fill) -> by
     return eboot + sketch
 
 
+def _rtos_esp8266_app(project_name: str, version: str, size: int, fill) -> bytes:
+    """An ESP8266_RTOS_SDK app image for 0x10000: flash-mapped irom plus RAM segments."""
+    ident = f"{project_name} {version}\0".encode()
+    ram = [
+        ImageSegment(0x40100000, fill(min(max(size // 12, 0x400), 0x7000))),  # .text (IRAM)
+        ImageSegment(0x3FFE8000, ident + fill(0x500)),  # .data
+    ]
+    fixed = 8 + 8 * (len(ram) + 1) + sum(len(s.data) for s in ram) + 1
+    irom = ImageSegment(0x40210010, fill(max(0x400, (size - fixed) // 16 * 16)))
+    return _save_esp8266_v1([irom] + ram, entry=0x40100004)
+
+
 def _save_esp8266_v1(segments: list[ImageSegment], entry: int) -> bytes:
     image = ESP8266ROMFirmwareImage()
     image.segments = segments
@@ -252,7 +284,7 @@ DEMO_PRODUCTS = {
     # directory: (chip, project, version, app size, seed)
     "mqtt-sensor-esp32": ("ESP32", "mqtt-sensor", "1.4.0", 300 * 1024, 1),
     "mqtt-sensor-esp32c3": ("ESP32-C3", "mqtt-sensor", "1.4.0", 280 * 1024, 2),
-    "ota-switch-esp8266": ("ESP8266", "ota-switch", "2.1.0", 300 * 1024, 3),
+    "ota-switch-esp8266": ("ESP8266", "ota-switch", "2.1.0", 300 * 1024, 3),  # ESP8266_RTOS_SDK, 2 OTA slots
 }
 
 
@@ -263,8 +295,11 @@ def demo_firmware_set() -> dict[str, list[tuple[int, str, bytes]]]:
         app = make_app_image(chip, project, version, size=size, seed=seed)
         rom = rom_class(chip)
         if rom is ESP8266ROM:
-            # Arduino: one .bin at 0x0; no partition table, so no NVS (see module docs).
-            result[directory] = [(0x0, f"{project}.bin", app)]
+            result[directory] = [
+                (0x0, "bootloader.bin", make_bootloader_image(chip)),
+                (0x8000, "partition-table.bin", make_partition_table(ota_partitions())),
+                (0x10000, f"{project}.bin", app),
+            ]
         else:
             result[directory] = [
                 (rom.BOOTLOADER_FLASH_OFFSET, "bootloader.bin", make_bootloader_image(chip)),
@@ -286,12 +321,6 @@ def main(argv: list[str] | None = None) -> int:
             path = outdir / directory / name
             path.write_bytes(data)
             print(f"{offset:#07x}  {hashlib.sha256(data).hexdigest()}  {path}  ({len(data)} bytes)")
-    print(
-        "ESP8266 (Arduino) layout, 4 MB flash with eagle.flash.4m2m.ld: sketch .bin at 0x0, "
-        "LittleFS 0x200000 (0x1FA000), EEPROM 0x3FB000, RF cal 0x3FC000, SDK Wi-Fi config "
-        "0x3FD000 (12 KB). It has no partition table and no NVS: Wi-Fi goes in by Improv "
-        "serial or a file on LittleFS, not nvs.net80211."
-    )
     return 0
 
 
