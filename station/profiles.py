@@ -251,10 +251,10 @@ def _load_wifi(top: _Table) -> WifiSpec | None:
     if "wifi" not in top.raw:
         return None
     wifi = top.sub("wifi", top.get("wifi", dict))
-    wifi.check_keys(("ssid", "psk_env", "psk_keyring", "partition"))
-    if "psk" in wifi.raw or "password" in wifi.raw:
+    if {"psk", "password", "passphrase"} & set(wifi.raw):
         wifi.fail("a Wi-Fi passphrase must never be written in a profile; name an environment variable "
                   "(psk_env) or an OS keyring entry (psk_keyring) instead.")
+    wifi.check_keys(("ssid", "psk_env", "psk_keyring", "partition"))
     ssid = wifi.get("ssid", str)
     psk_env = wifi.get("psk_env", str, None)
     psk_keyring = wifi.get("psk_keyring", str, None)
@@ -358,6 +358,9 @@ def resolve_psk(wifi: WifiSpec, environ: dict[str, str] | None = None) -> str:
         where = " or ".join(tried) if tried else "nowhere (the profile names no psk_env or psk_keyring)"
         raise ProfileError(f"Wi-Fi passphrase for '{wifi.ssid}' not found in {where}. Set it, e.g. "
                            f"export {wifi.psk_env or 'STATION_WIFI_PSK'}=…, or store it in the keyring.")
+    if not psk:
+        raise ProfileError(f"Wi-Fi passphrase from {tried[-1]} is empty; set the network's passphrase "
+                           f"(8-63 characters) there.")
     try:
         validate_wifi(wifi.ssid, psk)
     except PayloadError as exc:

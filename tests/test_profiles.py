@@ -1,0 +1,126 @@
+"""Every bad profile input is refused before a board is touched, with a message naming file, key and fix."""
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from station.profiles import ProfileError, load_profile, resolve_psk
+from station.sim.firmware import make_app_image
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+@pytest.fixture
+def profile_dir(tmp_path):
+    shutil.copytree(PROFILES / "firmware", tmp_path / "firmware")
+    shutil.copy(PROFILES / "demo-mixed.toml", tmp_path / "p.toml")
+    return tmp_path
+
+
+def edit(profile_dir: Path, old: str, new: str) -> Path:
+    path = profile_dir / "p.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    return str(err.value)
+
+
+def test_shipped_profiles_load():
+    for path in PROFILES.glob("*.toml"):
+        profile = load_profile(path)
+        assert profile.firmware and profile.wifi is not None
+        for fw in profile.firmware.values():
+            assert {i.kind for i in fw.images} == {"bootloader", "partition-table", "app"}
+
+
+def test_unknown_key_is_named_with_where_it_is(profile_dir):
+    message = refused(edit(profile_dir, 'baud = 921600', 'baud = 921600\nbuad = 115200'))
+    assert "p.toml" in message and "[profile]" in message and "unknown key 'buad'" in message
+    assert "allowed here: name, description, family, baud" in message
+
+
+def test_wrong_type_names_key_and_expected_type(profile_dir):
+    message = refused(edit(profile_dir, 'baud = 921600', 'baud = "fast"'))
+    assert "[profile.baud] expected integer, got a string 'fast'" in message
+
+
+def test_missing_firmware_file(profile_dir):
+    (profile_dir / "firmware/mqtt-sensor-esp32/mqtt-sensor.bin").unlink()
+    message = refused(profile_dir / "p.toml")
+    assert "[firmware[0].images[2].file]" in message
+    assert "mqtt-sensor.bin can't be read (No such file or directory)" in message and "fix the path" in message
+
+
+def test_missing_profile_file(tmp_path):
+    assert "profile file not found" in refused(tmp_path / "nope.toml")
+
+
+def test_sha256_pin_mismatch(profile_dir):
+    app = profile_dir / "firmware/mqtt-sensor-esp32/mqtt-sensor.bin"
+    app.write_bytes(app.read_bytes()[:-1] + b"\x00")
+    message = refused(profile_dir / "p.toml")
+    assert "[firmware[0].images[2].sha256]" in message and "but the profile pins" in message
+
+
+def pin(profile_dir: Path, rel: str, data: bytes) -> None:
+    """Replace a firmware file and its pin, so only the image content is wrong."""
+    path = profile_dir / rel
+    old = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_bytes(data)
+    edit(profile_dir, old, hashlib.sha256(data).hexdigest())
+
+
+def test_image_for_the_wrong_chip(profile_dir):
+    pin(profile_dir, "firmware/mqtt-sensor-esp32/mqtt-sensor.bin", make_app_image("ESP32-C3", "x", "1"))
+    message = refused(profile_dir / "p.toml")
+    assert "is built for ESP32-C3 but the board is ESP32" in message and "[firmware[0].images[2].file]" in message
+
+
+def test_truncated_image(profile_dir):
+    rel = "firmware/mqtt-sensor-esp32/mqtt-sensor.bin"
+    pin(profile_dir, rel, (profile_dir / rel).read_bytes()[:100_000])
+    assert "truncated" in refused(profile_dir / "p.toml")
+
+
+def test_overlapping_images(profile_dir):
+    message = refused(edit(profile_dir, "offset = 0x8000", "offset = 0x2000"))
+    assert "bootloader.bin at 0x1000 (27440 bytes) overlaps partition-table.bin at 0x2000" in message
+
+
+def test_passphrase_in_profile_is_refused(profile_dir):
+    message = refused(edit(profile_dir, 'ssid = "station-demo"', 'ssid = "station-demo"\npsk = "hunter2hunter2"'))
+    assert "must never be written in a profile" in message and "hunter2" not in message
+
+
+def test_ssid_over_32_bytes(profile_dir):
+    message = refused(edit(profile_dir, 'ssid = "station-demo"', f'ssid = "{"x" * 33}"'))
+    assert "[wifi.ssid]" in message and "33 bytes" in message and "32" in message
+
+
+def test_nvs_value_of_the_wrong_type(profile_dir):
+    message = refused(edit(profile_dir, 'port = { type = "u16", value = 8883 }',
+                           'port = { type = "u16", value = 70000 }'))
+    assert "70000" in message and "u16" in message
+
+
+@pytest.mark.parametrize("psk, why", [("short", "8"), ("x" * 64, "64"), ("", "8")])
+def test_passphrase_out_of_range_is_refused_without_echoing_it(psk, why):
+    profile = load_profile(PROFILES / "demo-mixed.toml")
+    with pytest.raises(ProfileError) as err:
+        resolve_psk(profile.wifi, {"STATION_DEMO_WIFI_PSK": psk})
+    assert "STATION_DEMO_WIFI_PSK" in str(err.value) and why in str(err.value)
+    if psk:
+        assert psk not in str(err.value)
+
+
+def test_missing_passphrase_names_the_variable():
+    profile = load_profile(PROFILES / "demo-mixed.toml")
+    with pytest.raises(ProfileError, match="export STATION_DEMO_WIFI_PSK="):
+        resolve_psk(profile.wifi, {})
