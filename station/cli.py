@@ -129,7 +129,8 @@ def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
     import secrets
     import tempfile
 
-    from station.sim.esp_server import EspSimServer, demo_fleet
+    from station.sim.esp_server import EspSimServer
+    from station.sim.fleet import demo_fleet
 
     if not headless:
         click.echo("The window arrives with the GUI issue; running the demo in the terminal.", err=True)
@@ -137,7 +138,7 @@ def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
     os.environ.setdefault(DEMO_PSK_ENV, secrets.token_urlsafe(16))
     profile, psk = _load(profile_path)
     with tempfile.TemporaryDirectory(prefix="station-sim-") as registry:
-        server = EspSimServer(demo_fleet(boards, faults=faults), registry=Path(registry), throttle=throttle)
+        server = EspSimServer(demo_fleet(boards, faults=faults), registry_dir=registry, throttle=throttle)
         server.start()
         try:
             summary = _provision(ctx, profile, psk, [SimPortSource(Path(registry))], False, None, None, "demo",

@@ -1,0 +1,141 @@
+"""A batch of emulated boards, end to end: what lands in each board's flash is what the profile says."""
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from station import events as ev
+from station.discovery import Discovery
+from station.discovery.sim_ports import SimPortSource
+from station.engine import Engine
+from station.journal import Journal
+from station.payloads.nvs import read_nvs
+from station.payloads.partition_table import find_partition, parse_partition_table
+from station.profiles import load_profile
+from station.sim.esp_board import EspFaults
+from station.sim.esp_server import EspSimServer
+from station.sim.fleet import demo_fleet
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+PSK = "correct horse battery"
+
+
+@pytest.fixture
+def profile():
+    return load_profile(PROFILES / "demo-mixed.toml")
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """Start emulated boards with a registry; yields a function that plugs a fleet in."""
+    servers = []
+
+    def plug(boards):
+        server = EspSimServer(boards, registry_dir=tmp_path / "registry").start()
+        servers.append(server)
+        return server
+
+    yield plug
+    for server in servers:
+        server.stop()
+
+
+def run_batch(profile, registry: Path, journal: Journal, listener=None):
+    engine = Engine(profile, Discovery([SimPortSource(registry)]), journal, operator="tester",
+                    station_id="station-t", lot="LOT-1", psk=PSK)
+    if listener:
+        engine.subscribe(listener)
+    try:
+        return asyncio.run(engine.run_batch())
+    finally:
+        engine.close()
+
+
+def nvs_of(board, firmware) -> dict:
+    table = parse_partition_table(firmware.partition_table.data)
+    nvs = find_partition(table, name="nvs")
+    return read_nvs(board.flash.read(nvs.offset, nvs.size))
+
+
+def test_mixed_batch_of_eight_boards(profile, bench, tmp_path):
+    boards = demo_fleet(8)
+    server = bench(boards)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    seen: list[ev.Event] = []
+
+    summary = run_batch(profile, tmp_path / "registry", journal, seen.append)
+
+    assert summary.failed == {} and sorted(summary.passed) == sorted(server.locations)
+    assert {b.chip.display_name for b in boards} == {"ESP32", "ESP32-C3", "ESP8266"}
+    for board, location in zip(boards, server.locations):
+        firmware = profile.firmware[board.chip.display_name]
+        for image in firmware.images:
+            assert board.flash.read(image.offset, len(image.data)) == image.data, (location, image.name)
+        values = nvs_of(board, firmware)
+        assert values[("nvs.net80211", "sta.ssid")][4:4 + len("station-demo")] == b"station-demo"
+        assert values[("nvs.net80211", "sta.pswd")].rstrip(b"\0") == PSK.encode()
+        assert values[("mqtt", "host")] == "127.0.0.1" and values[("mqtt", "port")] == 8883
+
+    # progress is attributed to the right port: each port's transfers add up to its own chip's images
+    totals = {}
+    for e in seen:
+        if isinstance(e, ev.Progress) and e.step == "flash":
+            totals[e.key] = e.total
+    for board, location in zip(boards, server.locations):
+        assert totals[location] == sum(len(i.data) for i in profile.firmware[board.chip.display_name].images)
+
+    # the journal holds every board with its MAC, chip and every step passed
+    devices = {d.port: d for d in journal.devices(summary.batch_id)}
+    for board, location in zip(boards, server.locations):
+        dev = devices[location]
+        assert (dev.result, dev.chip, dev.mac) == ("pass", board.chip.display_name, board.mac_text)
+        assert [s.name for s in journal.steps(dev.id)] == ["detect", "check", "flash", "write-data", "verify",
+                                                           "reset"]
+        assert all(s.result == "pass" for s in journal.steps(dev.id))
+        assert PSK not in str(dev.images)
+
+
+def test_board_unplugged_mid_write_fails_alone(profile, bench, tmp_path):
+    boards = demo_fleet(8)
+    boards[3].faults = EspFaults(unplug_after_bytes=64 * 1024)
+    server = bench(boards)
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    summary = run_batch(profile, tmp_path / "registry", journal)
+
+    victim = server.locations[3]
+    assert list(summary.failed) == [victim]
+    assert summary.failed[victim].startswith("Board vanished during flash at ")
+    assert len(summary.passed) == 7
+    for i, board in enumerate(boards):
+        if i != 3:
+            app = profile.firmware[board.chip.display_name].images[-1]
+            assert board.flash.read(app.offset, len(app.data)) == app.data
+    dev = next(d for d in journal.devices() if d.port == victim)
+    assert dev.result == "fail" and "vanished" in dev.reason
+
+
+@pytest.mark.parametrize("fault, words", [
+    (EspFaults(no_sync=True), "No answer from the board"),
+    (EspFaults(wrong_boot_mode=True), "download mode"),
+    (EspFaults(bad_md5=True), "MD5"),
+    (EspFaults(flash_write_error=True), "write"),
+])
+def test_faulty_board_gets_a_clear_reason(profile, bench, tmp_path, fault, words):
+    boards = demo_fleet(2)
+    boards[0].faults = fault
+    server = bench(boards)
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    assert list(summary.failed) == [server.locations[0]]
+    assert words.lower() in summary.failed[server.locations[0]].lower()
+    assert summary.passed == [server.locations[1]]
+
+
+def test_wrong_chip_is_refused_before_writing(bench, tmp_path):
+    profile = load_profile(PROFILES / "esp8266-ota-switch.toml")
+    boards = demo_fleet(1)  # an ESP32
+    bench(boards)
+    before = boards[0].flash.read(0, 0x20000)
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    assert list(summary.failed.values()) == ["Wrong chip: profile wants ESP8266, board is ESP32"]
+    assert boards[0].flash.read(0, 0x20000) == before
