@@ -1,0 +1,447 @@
+"""Serves emulated ESP boards the way a USB hub presents real ones: one serial endpoint per board, discoverable.
+
+Each board gets a TCP listener (`socket://127.0.0.1:<port>`) or a pty (`/dev/pts/N`). A *new connection is a
+reset into download mode*: esptool cannot toggle EN/IO0 over socket://, so opening the port stands in for the
+auto-reset circuit; the flasher stub therefore never survives a reconnect, and flash contents always do. On a pty
+the same happens when the first bytes arrive after every opener had closed the slave.
+
+While a board is plugged, `<registry_dir>/<location>.json` describes it like `list_ports` describes a real port
+(location, url, USB VID/PID of the bridge, serial, description, manufacturer) and never names the chip.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from station.sim.esp_board import EspBoard
+
+log = logging.getLogger(__name__)
+
+BITS_PER_BYTE = 10  # start + 8 data + stop
+PACE_SLICE_S = 0.004  # throttled traffic moves in ~4 ms slices so the host sees bytes trickle in
+
+
+class LinePacer:
+    """Holds one direction of a UART to its line rate with a monotonic budget (no per-byte sleeps)."""
+
+    def __init__(self):
+        self._done_at = 0.0
+
+    @staticmethod
+    def slice_bytes(baud: int) -> int:
+        return max(32, int(baud / BITS_PER_BYTE * PACE_SLICE_S))
+
+    def spend(self, nbytes: int, baud: int) -> None:
+        """Sleep until `nbytes` more bytes would have finished crossing the wire."""
+        now = time.monotonic()
+        self._done_at = max(self._done_at, now) + nbytes * BITS_PER_BYTE / baud
+        delay = self._done_at - now
+        if delay > 0:
+            time.sleep(delay)
+
+
+# --- USB identity for the registry ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsbBridge:
+    vid: int
+    pid: int
+    description: str
+    manufacturer: str
+    serial_style: str  # "hex32" (CP2102N unique id), "none" (CH340 has no serial), "mac" (Espressif USB-JTAG)
+
+
+CP2102N = UsbBridge(0x10C4, 0xEA60, "CP2102N USB to UART Bridge Controller", "Silicon Labs", "hex32")
+CH340 = UsbBridge(0x1A86, 0x7523, "USB Serial", "QinHeng Electronics", "none")
+ESPRESSIF_USB_JTAG = UsbBridge(0x303A, 0x1001, "USB JTAG/serial debug unit", "Espressif", "mac")
+BRIDGE_BY_CHIP = {"esp32": CP2102N, "esp8266": CH340, "esp32c3": ESPRESSIF_USB_JTAG}
+
+
+def registry_entry(board: EspBoard, location: str, url: str) -> dict:
+    bridge = BRIDGE_BY_CHIP[board.chip.name]
+    if bridge.serial_style == "hex32":
+        serial = hashlib.sha256(f"cp2102n:{location}:{board.mac.hex()}".encode()).hexdigest()[:32]
+    elif bridge.serial_style == "mac":
+        serial = board.mac_text.upper()  # the USB-Serial/JTAG peripheral reports the MAC as its serial
+    else:
+        serial = None
+    return {"location": location, "url": url, "vid": bridge.vid, "pid": bridge.pid, "serial": serial,
+            "description": bridge.description, "manufacturer": bridge.manufacturer}
+
+
+def write_registry_file(registry_dir: Path, entry: dict) -> Path:
+    """Atomically (temp file + os.replace) publish one board; a scanner never sees half a file."""
+    path = registry_dir / f"{entry['location']}.json"
+    tmp = registry_dir / f".{entry['location']}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps(entry, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --- one live serial line ------------------------------------------------------------------------------------------
+
+
+class _Line:
+    """Moves bytes between one transport and one board, paced when throttled. Subclasses own the transport."""
+
+    def __init__(self, board: EspBoard, throttle: bool, name: str):
+        self.board = board
+        self.throttle = throttle
+        self.rx_pacer = LinePacer()
+        self.tx_pacer = LinePacer()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run_safely, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not threading.current_thread() and self.thread.ident is not None:
+            self.thread.join(timeout=5)
+
+    def read_chunk(self) -> int:
+        return LinePacer.slice_bytes(self.board.baud) if self.throttle else 1 << 16
+
+    def deliver(self, data: bytes) -> None:
+        """Bytes from the host reach the chip once they would have crossed the wire."""
+        if self.throttle:
+            self.rx_pacer.spend(len(data), self.board.baud)
+        try:
+            self.board.receive(data)
+        except Exception:  # a bug in one board must not take the line down silently
+            log.exception("%s: error handling %d bytes", self.board.name, len(data))
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            if not self.throttle:
+                self.write_raw(data)
+                return
+            step = LinePacer.slice_bytes(self.board.baud)
+            for i in range(0, len(data), step):
+                piece = data[i:i + step]
+                self.tx_pacer.spend(len(piece), self.board.baud)  # the host sees a slice once it has fully arrived
+                self.write_raw(piece)
+        except OSError as e:
+            log.debug("%s: write failed: %s", self.board.name, e)
+            self.closing = True
+
+    def _run_safely(self) -> None:
+        try:
+            self.run()
+        except Exception:
+            log.exception("%s: line thread crashed", self.board.name)
+        finally:
+            self.close_transport()
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def write_raw(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def close_transport(self) -> None:
+        raise NotImplementedError
+
+
+class _TcpLine(_Line):
+    def __init__(self, board: EspBoard, sock: socket.socket, throttle: bool, name: str):
+        super().__init__(board, throttle, name)
+        self.sock = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def run(self) -> None:
+        self.board.attach(self.write)
+        self.board.reset()  # the connection is the reset pulse: fresh ROM loader in download mode
+        try:
+            while not self.closing:
+                try:
+                    data = self.sock.recv(self.read_chunk())
+                except OSError:
+                    break
+                if not data:
+                    break
+                self.deliver(data)
+        finally:
+            self.board.detach(self.write)
+
+    def write_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def abort(self) -> None:
+        """Drop the line at once, as a yanked cable would: no goodbye, pending data discarded."""
+        self.closing = True
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the line thread; it closes the socket (RST)
+        except OSError:
+            pass
+
+    def close_transport(self) -> None:
+        self.closing = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class _PtyLine(_Line):
+    """A pty pair; the slave path is the board's URL. Nobody holding the slave open reads as EIO on the master."""
+
+    def __init__(self, board: EspBoard, throttle: bool, name: str):
+        super().__init__(board, throttle, name)
+        self.master, slave = os.openpty()
+        tty.setraw(slave)  # no echo or line editing before the opener configures the port
+        self.path = os.ttyname(slave)
+        os.close(slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self.opened = False
+
+    def run(self) -> None:
+        while not self.closing:
+            ready, _, _ = select.select([self.master, self._wake_r], [], [], 0.5)
+            if self.closing:
+                break
+            if self.master not in ready:
+                continue
+            try:
+                data = os.read(self.master, self.read_chunk())
+            except OSError as e:
+                if e.errno != errno.EIO:
+                    raise
+                if self.opened:  # the last opener closed the slave: the "connection" ended
+                    self.opened = False
+                    self.board.detach()
+                time.sleep(0.02)  # EIO repeats until someone opens the slave again
+                continue
+            if not self.opened:
+                self.opened = True
+                self.board.attach(self.write)
+                self.board.reset()
+            self.deliver(data)
+
+    def write_raw(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.master, view):]
+
+    def abort(self) -> None:
+        self.closing = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def close_transport(self) -> None:
+        self.closing = True
+        self.board.detach(self.write)
+        for fd in (self.master, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# --- one board's slot on the hub -----------------------------------------------------------------------------------
+
+
+class _Slot:
+    def __init__(self, server: "EspSimServer", index: int, board: EspBoard, port: int):
+        self.server = server
+        self.index = index
+        self.board = board
+        self.location = f"{server.location_prefix}.{index + 1}"
+        self.port = port  # wanted TCP port (0 = any); after plugging, the bound one
+        self.url: str | None = None
+        self.plugged = False
+        self.listener: socket.socket | None = None
+        self.accept_thread: threading.Thread | None = None
+        self.line: _Line | None = None
+        self.lock = threading.RLock()
+        board.on_vanish = lambda _board: server.unplug(index)
+
+    # plugging
+
+    def plug(self) -> None:
+        with self.lock:
+            if self.plugged:
+                return
+            if self.server.transport == "pty":
+                line = _PtyLine(self.board, self.server.throttle, f"sim-pty-{self.location}")
+                self.line, self.url = line, line.path
+                line.start()
+            else:
+                self.listener = self._listen()
+                self.port = self.listener.getsockname()[1]
+                self.url = f"socket://{self.server.host}:{self.port}"
+                self.accept_thread = threading.Thread(target=self._accept_loop, args=(self.listener,),
+                                                      name=f"sim-accept-{self.location}", daemon=True)
+                self.accept_thread.start()
+            self.plugged = True
+            self.board.flash_bytes_received = 0
+            self.server._publish(self)
+
+    def _listen(self) -> socket.socket:
+        for port in dict.fromkeys((self.port, 0)):  # a re-plug keeps its port when it can
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.server.host, port))
+            except OSError:
+                sock.close()
+                if port == 0:
+                    raise
+                continue
+            sock.listen(4)
+            sock.settimeout(0.5)  # lets the accept loop notice an unplug even if shutdown() did not wake it
+            return sock
+        raise OSError("no port to listen on")
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        try:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    if self.listener is not listener:
+                        return
+                    continue
+                except OSError:
+                    return  # listener shut down: unplugged or stopping
+                conn.settimeout(None)
+                with self.lock:
+                    if self.listener is not listener:
+                        conn.close()
+                        return
+                    previous, self.line = self.line, None
+                if previous is not None:  # a second opener resets the chip under the first
+                    previous.abort()
+                    previous.join()
+                line = _TcpLine(self.board, conn, self.server.throttle, f"sim-line-{self.location}")
+                with self.lock:
+                    if self.listener is not listener:
+                        line.close_transport()
+                        return
+                    self.line = line
+                line.start()
+        finally:
+            listener.close()
+
+    def unplug(self) -> None:
+        with self.lock:
+            if not self.plugged:
+                return
+            self.plugged = False
+            self.server._withdraw(self)
+            listener, self.listener = self.listener, None
+            line, self.line = self.line, None
+            accept_thread, self.accept_thread = self.accept_thread, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # refuse reconnects now; the accept thread closes it
+            except OSError:
+                pass
+        if line is not None:
+            line.abort()
+            line.join()
+        if accept_thread is not None and accept_thread is not threading.current_thread():
+            accept_thread.join(timeout=5)
+        self.board.detach()
+
+
+class EspSimServer:
+    """Serves `boards`, each on its own TCP port (or pty), with optional line-rate pacing and a registry dir.
+
+    Board indexes in this API are 0-based positions in `boards`; locations and MACs count from 1.
+    """
+
+    def __init__(self, boards: Sequence[EspBoard], *, host: str = "127.0.0.1", base_port: int = 0,
+                 transport: str = "tcp", throttle: bool = False, registry_dir: str | os.PathLike | None = None,
+                 location_prefix: str = "sim-1"):
+        if transport not in ("tcp", "pty"):
+            raise ValueError("transport must be 'tcp' or 'pty'")
+        self.boards = list(boards)
+        self.host = host
+        self.transport = transport
+        self.throttle = throttle
+        self.registry_dir = Path(registry_dir) if registry_dir is not None else None
+        self.location_prefix = location_prefix
+        self._slots = [_Slot(self, i, board, base_port + i if base_port else 0) for i, board in enumerate(self.boards)]
+        self._started = False
+
+    def start(self) -> "EspSimServer":
+        if self.registry_dir is not None:
+            self.registry_dir.mkdir(parents=True, exist_ok=True)
+        for slot in self._slots:
+            slot.plug()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        for slot in self._slots:
+            slot.unplug()
+        self._started = False
+
+    def __enter__(self) -> "EspSimServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def urls(self) -> list[str | None]:
+        """Current URL per board (None while unplugged)."""
+        return [slot.url if slot.plugged else None for slot in self._slots]
+
+    @property
+    def locations(self) -> list[str]:
+        return [slot.location for slot in self._slots]
+
+    def url(self, index: int) -> str | None:
+        return self.urls[index]
+
+    def is_plugged(self, index: int) -> bool:
+        return self._slots[index].plugged
+
+    def registry_path(self, index: int) -> Path | None:
+        if self.registry_dir is None:
+            return None
+        return self.registry_dir / f"{self._slots[index].location}.json"
+
+    def unplug(self, index: int) -> None:
+        """Yank the cable: live connection dropped, reconnects refused, registry file gone."""
+        self._slots[index].unplug()
+
+    def plug(self, index: int) -> None:
+        """Plug back in: a new listener (same port when free) and the registry file returns."""
+        self._slots[index].plug()
+
+    # registry
+
+    def _publish(self, slot: _Slot) -> None:
+        if self.registry_dir is not None:
+            write_registry_file(self.registry_dir, registry_entry(slot.board, slot.location, slot.url))
+
+    def _withdraw(self, slot: _Slot) -> None:
+        if self.registry_dir is not None:
+            try:
+                (self.registry_dir / f"{slot.location}.json").unlink()
+            except FileNotFoundError:
+                pass
