@@ -34,16 +34,18 @@ class EspSession:
         self._write_plan: list[int] = []  # sizes of the images in the current write, for overall progress
         self._write_index = -1
         self._last_cur = 0
+        self._last_total = -1
 
     # PortSink for esptool_glue: what esptool says in this thread comes here
     def log(self, level: str, message: str) -> None:
         self._log(level, message)
 
     def progress(self, cur: int, total: int) -> None:
-        # esptool reports bytes on the wire of one image at a time; turn it into overall uncompressed bytes
-        if self._write_index < 0 or cur < self._last_cur:
+        # esptool reports (bytes sent, compressed size) of one image at a time, each image in a fresh progress
+        # context: a new total (or a count going back) means the next image. Map it to overall plain bytes.
+        if self._write_index < 0 or total != self._last_total or cur < self._last_cur:
             self._write_index += 1
-        self._last_cur = cur
+        self._last_cur, self._last_total = cur, total
         i = min(self._write_index, len(self._write_plan) - 1)
         done = sum(self._write_plan[:i]) + (self._write_plan[i] * cur // total if total else 0)
         self._progress(done, sum(self._write_plan))
@@ -84,7 +86,7 @@ class EspSession:
         """Write images (compressed, through the stub) and let esptool check each one's MD5."""
         esp = self._require()
         self._write_plan = [len(data) for _, data in images]
-        self._write_index, self._last_cur = -1, 0
+        self._write_index, self._last_cur, self._last_total = -1, 0, -1
         self._progress(0, sum(self._write_plan))
         with esptool_glue.routed_to(self):
             try:

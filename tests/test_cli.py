@@ -1,0 +1,94 @@
+"""The command line, as a technician uses it: provision, a crash mid-batch, devices, export."""
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from station.journal import Journal
+from station.sim.esp_server import EspSimServer
+from station.sim.fleet import demo_fleet
+
+PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
+PSK = "bench-passphrase-42"
+
+
+def station(data: Path, *args: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK, "STATION_OPERATOR": "alice"}
+    return subprocess.run([sys.executable, "-m", "station.cli", "--data-dir", str(data), *args], env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture
+def hub(tmp_path):
+    boards = demo_fleet(3)
+    boards[2].faults.bad_md5 = True
+    server = EspSimServer(boards, registry_dir=tmp_path / "registry").start()
+    yield server
+    server.stop()
+
+
+def test_provision_then_devices_and_export(tmp_path, hub):
+    data = tmp_path / "data"
+    run = station(data, "provision", "--profile", str(PROFILE), "--sim-registry", str(tmp_path / "registry"),
+                  "--lot", "L-42")
+    assert run.returncode == 1, run.stderr  # one board failed
+    assert f"FAILED {hub.locations[2]}: Verify failed" in run.stderr
+    assert run.stdout.count("PASS") == 2
+    assert PSK not in run.stdout + run.stderr
+
+    listing = station(data, "devices")
+    assert listing.stdout.count("pass ") == 2 and listing.stdout.count("fail ") == 1
+
+    out = tmp_path / "export.jsonl"
+    assert station(data, "export", "--format", "jsonl", "-o", str(out)).returncode == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3
+    for rec, board in zip(sorted(records, key=lambda r: r["port"]), hub.boards):
+        assert rec["mac"] == board.mac_text and rec["chip"] == board.chip.display_name
+        assert rec["operator"] == "alice" and rec["lot"] == "L-42" and rec["station_id"]
+        assert rec["port"] in hub.locations and rec["batch_id"]
+        assert rec["started"].endswith("Z") and rec["steps"][0]["name"] == "detect"
+    good = next(r for r in records if r["result"] == "pass")
+    app = next(i for i in good["images"] if i["offset"] == 0x10000)
+    assert len(app["sha256"]) == 64
+    nvs = next(i for i in good["images"] if i["name"] == "nvs")
+    assert "sha256" not in nvs  # it holds the Wi-Fi passphrase
+    assert PSK not in out.read_text()
+
+    csv_run = station(data, "export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(csv_run.stdout)))
+    assert {r["mac"] for r in rows} == {b.mac_text for b in hub.boards}
+
+
+def test_killed_mid_batch_loses_no_finished_step(tmp_path):
+    boards = demo_fleet(2)
+    server = EspSimServer(boards, registry_dir=tmp_path / "registry", throttle=True).start()  # real line rate
+    data = tmp_path / "data"
+    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK}
+    proc = subprocess.Popen([sys.executable, "-m", "station.cli", "--data-dir", str(data), "provision",
+                             "--profile", str(PROFILE), "--sim-registry", str(tmp_path / "registry")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # wait until a board is flashing, then pull the plug on the station
+            if " flash  25 %" in line:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        server.stop()
+    journal = Journal(data / "journal.sqlite3")
+    devices = journal.devices()
+    assert len(devices) == 2 and all(d.result == "running" for d in devices)
+    steps = {s.name: s.result for d in devices for s in journal.steps(d.id)}
+    assert steps["detect"] == "pass" and steps["check"] == "pass"
+    journal.close()
+
+    again = station(data, "devices")
+    assert again.stderr.count("was interrupted last time") == 2
+    assert again.stdout.count("interrupted") == 2

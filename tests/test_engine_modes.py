@@ -1,0 +1,86 @@
+"""One-touch and retry-failed, on emulated boards."""
+import asyncio
+from pathlib import Path
+
+from station import events as ev
+from station.discovery import Discovery
+from station.discovery.sim_ports import SimPortSource
+from station.engine import Engine
+from station.journal import Journal
+from station.profiles import load_profile
+from station.sim.esp_board import EspFaults
+from station.sim.esp_server import EspSimServer
+from station.sim.fleet import demo_fleet
+
+PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
+
+
+def make_engine(tmp_path: Path) -> Engine:
+    return Engine(load_profile(PROFILE), Discovery([SimPortSource(tmp_path / "registry")]),
+                  Journal(tmp_path / "journal.sqlite3"), operator="t", station_id="s", psk="password123",
+                  poll_interval=0.05)
+
+
+def test_one_touch_provisions_allowed_boards_that_appear_and_ignores_others(tmp_path):
+    engine = make_engine(tmp_path)
+    boards = demo_fleet(2)
+    server = EspSimServer(boards, registry_dir=tmp_path / "registry", location_prefix="sim-7")
+    allowed, other = "sim-7.1", "sim-7.2"
+    started: list[str] = []
+    appeared: list[str] = []
+
+    async def scenario():
+        done = asyncio.Event()
+        stop = asyncio.Event()
+
+        def listen(e):
+            if isinstance(e, ev.DeviceStarted):
+                started.append(e.key)
+            if isinstance(e, ev.PortAppeared):
+                appeared.append(e.port.key)
+            if isinstance(e, ev.DeviceDone) and e.key == allowed:
+                done.set()
+
+        engine.subscribe(listen)
+        armed = asyncio.ensure_future(engine.run_one_touch(stop, allowed={allowed}))
+        server.start()  # boards are plugged in after arming
+        await asyncio.wait_for(done.wait(), 60)
+        stop.set()
+        return await armed
+
+    try:
+        summary = asyncio.run(scenario())
+    finally:
+        server.stop()
+        engine.close()
+    assert summary.passed == [allowed] and summary.failed == {}
+    assert started == [allowed] and other in appeared
+    assert boards[1].flash.read(0, 0x20000) == b"\xff" * 0x20000  # never touched
+
+
+def test_retry_failed_reruns_only_the_failed_board(tmp_path):
+    engine = make_engine(tmp_path)
+    boards = demo_fleet(3)
+    boards[1].faults = EspFaults(bad_md5=True)
+    server = EspSimServer(boards, registry_dir=tmp_path / "registry").start()
+    started: list[str] = []
+    engine.subscribe(lambda e: started.append(e.key) if isinstance(e, ev.DeviceStarted) else None)
+
+    async def scenario():
+        first = await engine.run_batch()
+        assert list(first.failed) == [server.locations[1]]
+        boards[1].faults = EspFaults()  # the technician reseats the board
+        started.clear()
+        return first, await engine.retry_failed()
+
+    try:
+        first, again = asyncio.run(scenario())
+    finally:
+        server.stop()
+        engine.close()
+    assert started == [server.locations[1]]
+    assert again.batch_id == first.batch_id and again.failed == {}
+    assert sorted(again.passed) == sorted(server.locations)
+    results = [(d.port, d.result) for d in engine.journal.devices(first.batch_id)]
+    assert sorted(results) == sorted([(server.locations[0], "pass"), (server.locations[1], "fail"),
+                                      (server.locations[2], "pass"), (server.locations[1], "pass")])
