@@ -99,7 +99,8 @@ class Engine:
     async def run_batch(self, only: Iterable[PortKey] | None = None, batch_id: str | None = None) -> BatchSummary:
         """BATCH: provision the boards present now (or just `only`), and finish when all are done."""
         await self.scan()
-        keys = [k for k in self.present if only is None or k in set(only)]
+        wanted = None if only is None else set(only)
+        keys = [k for k in self.present if wanted is None or k in wanted]
         batch_id = batch_id or self._start_batch(Mode.BATCH)
         summary = BatchSummary(batch_id)
         self._publish(ev.BatchStarted(batch_id, self.profile.name, Mode.BATCH.value, tuple(keys)))
@@ -220,10 +221,13 @@ class Engine:
             result, reason = Result.FAIL, f"Internal error: {type(exc).__name__}: {exc}"
             self._publish(ev.Log(key, "error", reason))
         finally:
-            session.abort() if result is not Result.PASS else session.close()
+            session.close()
             self._sessions.pop(key, None)
         await asyncio.shield(loop.run_in_executor(self.pool, self.journal.end_device, device_id, result, reason))
-        (summary.passed.append(key) if result is Result.PASS else summary.failed.__setitem__(key, reason))
+        if result is Result.PASS:
+            summary.passed.append(key)
+        else:
+            summary.failed[key] = reason
         self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:

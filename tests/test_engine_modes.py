@@ -1,5 +1,6 @@
 """One-touch and retry-failed, on emulated boards."""
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 from station import events as ev
@@ -7,7 +8,7 @@ from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine
 from station.journal import Journal
-from station.profiles import load_profile
+from station.profiles import StepPolicy, load_profile
 from station.sim.esp_board import EspFaults
 from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
@@ -84,3 +85,42 @@ def test_retry_failed_reruns_only_the_failed_board(tmp_path):
     results = [(d.port, d.result) for d in engine.journal.devices(first.batch_id)]
     assert sorted(results) == sorted([(server.locations[0], "pass"), (server.locations[1], "fail"),
                                       (server.locations[2], "pass"), (server.locations[1], "pass")])
+
+
+
+def test_cancelling_one_port_leaves_the_others_alone(tmp_path):
+    engine = make_engine(tmp_path)
+    boards = demo_fleet(3)
+    server = EspSimServer(boards, registry_dir=tmp_path / "registry").start()
+    stopped = server.locations[1]
+
+    def listen(e):
+        if isinstance(e, ev.StepStarted) and e.step == "flash" and e.key == stopped:
+            engine.cancel(stopped)  # the operator presses Stop on this tile
+
+    engine.subscribe(listen)
+    try:
+        summary = asyncio.run(engine.run_batch())
+    finally:
+        server.stop()
+        engine.close()
+    assert summary.failed == {stopped: "Stopped by the operator"}
+    assert sorted(summary.passed) == [server.locations[0], server.locations[2]]
+    devices = {d.port: d.result for d in engine.journal.devices(summary.batch_id)}
+    assert devices[stopped] == "interrupted"
+
+
+def test_a_step_over_its_timeout_is_stopped(tmp_path):
+    engine = make_engine(tmp_path)
+    engine.profile = replace(engine.profile, steps={**engine.profile.steps, "flash": StepPolicy(timeout=0.5,
+                                                                                                retries=0)})
+    server = EspSimServer(demo_fleet(1), registry_dir=tmp_path / "registry", throttle=True).start()  # ~2 s flash
+    try:
+        summary = asyncio.run(engine.run_batch())
+    finally:
+        server.stop()
+        engine.close()
+    reason = summary.failed[server.locations[0]]
+    assert reason == "flash took longer than 0.5 s and was stopped"
+    (device,) = engine.journal.devices(summary.batch_id)
+    assert [(s.name, s.result) for s in engine.journal.steps(device.id)][-1] == ("flash", "fail")
