@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
@@ -214,6 +215,17 @@ class _FlashSession:
 
 
 @dataclass
+class RamSegment:
+    """One MEM_BEGIN upload: kept (never executed) so MEM_END can tell whether its entry point is in it."""
+
+    offset: int
+    size: int
+    block_size: int
+    data: bytearray
+    next_seq: int = 0
+
+
+@dataclass
 class _ReadJob:
     offset: int
     length: int
@@ -346,22 +358,22 @@ class _Loader:
         self.reply(Op.WRITE_REG)
 
     def on_mem_begin(self, data: bytes, _chk: int) -> None:
-        size, blocks, block_size, offset = self.words(data, 4)
-        self.board.ram_segments.append([offset, size, block_size, 0, bytearray(size)])
+        size, _blocks, block_size, offset = self.words(data, 4)
+        self.board.ram_segments.append(RamSegment(offset, size, block_size, bytearray(size)))
         self.reply(Op.MEM_BEGIN)
 
     def on_mem_data(self, data: bytes, checksum: int) -> None:
         if not self.board.ram_segments:
             raise LoaderError("not_in_mode")
         segment = self.board.ram_segments[-1]
-        offset, size, block_size, next_seq, buffer = segment
         seq, payload = self.data_block(data, checksum)
-        if seq != next_seq:
+        if seq != segment.next_seq:
             raise LoaderError("bad_seq")
-        if len(payload) > block_size or seq * block_size + len(payload) > size:
+        start = seq * segment.block_size
+        if len(payload) > segment.block_size or start + len(payload) > segment.size:
             raise LoaderError("too_much")
-        buffer[seq * block_size:seq * block_size + len(payload)] = payload
-        segment[3] = next_seq + 1
+        segment.data[start:start + len(payload)] = payload
+        segment.next_seq += 1
         self.reply(Op.MEM_DATA)
 
     def on_mem_end(self, data: bytes, _chk: int) -> None:
@@ -395,21 +407,23 @@ class _Loader:
         session.next_seq += 1
         self.reply(op)
 
+    def on_flash_begin(self, data: bytes, _chk: int) -> None:
+        raise NotImplementedError
+
     def write_flash(self, session: _FlashSession, chunk: bytes) -> None:
         raise NotImplementedError
 
     def on_flash_end(self, data: bytes, _chk: int, op: int = Op.FLASH_END) -> None:
         (run_user_code,) = self.words(data, 1)
-        self.finish_session()
-        self.reply(op)
         self.session = None
+        # The chip answers, then jumps; the state change is recorded first so that whoever reads the
+        # answer already sees the new state. The bytes on the wire are the same either way.
         if run_user_code:
             self.run_user_code_after_flash_end()
+            self.reply(op)
         else:
+            self.reply(op)
             self.board.reset()  # "reboot": the straps still select download mode
-
-    def finish_session(self) -> None:
-        pass
 
     def run_user_code_after_flash_end(self) -> None:
         self.board.on_app_boot()
@@ -685,6 +699,7 @@ class EspBoard:
         self.on_vanish: Callable[[EspBoard], None] | None = None  # set by the server: unplug me
         self.booted_app = False
         self.boot_count = 0
+        self._boot_changed = threading.Condition()
         self.flash_bytes_received = 0
         self._send: Callable[[bytes], None] | None = None
         self._power_on_registers = self.chip.registers(self.mac)
@@ -724,7 +739,7 @@ class EspBoard:
         """Power-on / EN reset with the download straps held: fresh ROM loader, 115200 baud. Flash is kept."""
         self.baud = ROM_BAUD
         self.registers = dict(self._power_on_registers)
-        self.ram_segments: list[list] = []
+        self.ram_segments: list[RamSegment] = []
         self.booted_app = False
         if self.faults.wrong_boot_mode:
             self.send(self.chip.boot_log_wrong_mode)
@@ -736,10 +751,17 @@ class EspBoard:
 
     def on_app_boot(self) -> None:
         """The loader handed control to the application in flash. Records it and gives the stream to the app."""
-        self.booted_app = True
-        self.boot_count += 1
         self.mode = self.app_mode_factory(self)
+        with self._boot_changed:
+            self.booted_app = True
+            self.boot_count += 1
+            self._boot_changed.notify_all()
         log.info("%s: application booted (boot #%d)", self.name, self.boot_count)
+
+    def wait_for_app_boot(self, count: int = 1, timeout: float = 5.0) -> bool:
+        """Block until the app has booted `count` times in total (True), or the timeout passes (False)."""
+        with self._boot_changed:
+            return self._boot_changed.wait_for(lambda: self.boot_count >= count, timeout)
 
     def count_flash_bytes(self, n: int) -> bool:
         """Count flash-data payload bytes; True if that made the board vanish (unplug_after_bytes fault)."""
@@ -759,7 +781,7 @@ class EspBoard:
         self.detach()
 
     def entry_in_uploaded_ram(self, entry: int) -> bool:
-        return any(offset <= entry < offset + size for offset, size, *_ in self.ram_segments)
+        return any(seg.offset <= entry < seg.offset + seg.size for seg in self.ram_segments)
 
     def read_register(self, addr: int) -> int:
         if addr == self.chip.uart_clkdiv_reg:

@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import struct
+import termios
 import threading
 import time
 import tty
@@ -138,7 +139,11 @@ class _Line:
                 self.write_raw(piece)
         except OSError as e:
             log.debug("%s: write failed: %s", self.board.name, e)
-            self.closing = True
+            self.hang_up()
+
+    def hang_up(self) -> None:
+        """The host end went away mid-write."""
+        self.closing = True
 
     def _run_safely(self) -> None:
         try:
@@ -205,12 +210,17 @@ class _TcpLine(_Line):
 class _PtyLine(_Line):
     """A pty pair; the slave path is the board's URL. Nobody holding the slave open reads as EIO on the master."""
 
+    WRITE_STALL_S = 3.0  # nobody drained the slave for this long: treat the opener as gone
+
     def __init__(self, board: EspBoard, throttle: bool, name: str):
         super().__init__(board, throttle, name)
         self.master, slave = os.openpty()
         tty.setraw(slave)  # no echo or line editing before the opener configures the port
         self.path = os.ttyname(slave)
         os.close(slave)
+        os.set_blocking(self.master, False)  # a host that stops reading must not wedge this thread
+        self._writable = select.poll()
+        self._writable.register(self.master, select.POLLOUT)  # POLLHUP (slave closed) is always reported
         self._wake_r, self._wake_w = os.pipe()
         self.opened = False
 
@@ -223,12 +233,12 @@ class _PtyLine(_Line):
                 continue
             try:
                 data = os.read(self.master, self.read_chunk())
+            except BlockingIOError:
+                continue
             except OSError as e:
                 if e.errno != errno.EIO:
                     raise
-                if self.opened:  # the last opener closed the slave: the "connection" ended
-                    self.opened = False
-                    self.board.detach()
+                self.hang_up()  # the last opener closed the slave: that "connection" is over
                 time.sleep(0.02)  # EIO repeats until someone opens the slave again
                 continue
             if not self.opened:
@@ -239,8 +249,35 @@ class _PtyLine(_Line):
 
     def write_raw(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self.master, view):]
+        deadline = time.monotonic() + self.WRITE_STALL_S
+        while view and not self.closing:
+            events = self._writable.poll(100)
+            flags = events[0][1] if events else 0
+            if flags & select.POLLHUP:
+                raise OSError(errno.EIO, "pty slave closed")
+            if flags & select.POLLOUT:
+                try:
+                    view = view[os.write(self.master, view):]
+                    deadline = time.monotonic() + self.WRITE_STALL_S
+                except BlockingIOError:
+                    pass
+            elif time.monotonic() > deadline:
+                raise OSError(errno.EIO, "pty not drained")
+
+    def hang_up(self) -> None:
+        """End the session, not the pty: output queued for the old opener is dropped, the next one gets a reset."""
+        if not self.opened:
+            return
+        self.opened = False
+        self.board.detach(self.write)
+        try:  # open the slave ourselves just long enough to discard what the old opener never read
+            fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                termios.tcflush(fd, termios.TCIFLUSH)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.debug("%s: could not flush %s: %s", self.board.name, self.path, e)
 
     def abort(self) -> None:
         self.closing = True
