@@ -55,6 +55,8 @@ class Engine:
         self._progress: dict[PortKey, int] = {}  # last percent per port, for "vanished at 62 %"
         self._step: dict[PortKey, str] = {}  # the step each port is in
         self._last_batch: BatchSummary | None = None
+        self._ports_changed: asyncio.Condition | None = None  # notified after every scan
+        self.prompt_timeout = 300.0  # seconds an operator has to act on a prompt
 
     # --- events -------------------------------------------------------------------------------------------
 
@@ -87,12 +89,15 @@ class Engine:
             self._publish(ev.PortGone(key))
         for port in appeared:
             self._publish(ev.PortAppeared(port))
+        async with self._ports_changed:
+            self._ports_changed.notify_all()
         return appeared, gone
 
     def _bind_loop(self) -> None:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
+            self._ports_changed = asyncio.Condition()
 
     # --- batches ------------------------------------------------------------------------------------------
 
@@ -233,13 +238,19 @@ class Engine:
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
         policy = self.profile.steps[step.name]
         key = ctx.port.key
-        for attempt in range(1, policy.retries + 2):
+        attempt = 0
+        while True:
+            attempt += 1
             self._publish(ev.StepStarted(key, step.name, index, attempt))
             began = time.monotonic()
             try:
                 detail = await self._in_worker(ctx, device_id, step, attempt, policy.timeout)
             except StepFailed as exc:
                 self._publish(ev.StepDone(key, step.name, False, exc.reason, time.monotonic() - began))
+                if exc.operator_prompt:
+                    await self._wait_for_operator(ctx, step.name, exc)
+                    attempt -= 1  # a person fixing the board is not a failed attempt
+                    continue
                 if attempt > policy.retries or (not exc.retryable and step.name != "detect"):
                     raise
                 self._publish(ev.Log(key, "warning", f"{step.name} failed ({exc.reason}); retrying"))
@@ -254,6 +265,27 @@ class Engine:
                 await asyncio.get_running_loop().run_in_executor(
                     self.pool, self.journal.set_images, device_id, [i.record() for i in ctx.written])
             return
+
+    async def _wait_for_operator(self, ctx: DeviceContext, step: str, failure: StepFailed) -> None:
+        """Show the prompt and wait until the board leaves and comes back at the same USB location.
+
+        The board may come back under another tty name (a mode change re-enumerates it), so the port is
+        looked up again by its location.
+        """
+        key = ctx.port.key
+        self._publish(ev.OperatorPrompt(key, step, failure.operator_prompt or "", failure.reason))
+        assert self._ports_changed is not None
+        try:
+            async with self._ports_changed:
+                await asyncio.wait_for(self._ports_changed.wait_for(lambda: key not in self.present),
+                                       self.prompt_timeout)
+                await asyncio.wait_for(self._ports_changed.wait_for(lambda: key in self.present),
+                                       self.prompt_timeout)
+        except asyncio.TimeoutError:
+            raise StepFailed(f"{failure.reason}; nobody acted on \"{failure.operator_prompt}\" within "
+                             f"{self.prompt_timeout:g} s") from None
+        ctx.port = self.present[key]
+        ctx.session.url = ctx.port.url
 
     async def _in_worker(self, ctx: DeviceContext, device_id: str, step: Step, attempt: int,
                          timeout: float) -> str:

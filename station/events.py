@@ -71,6 +71,16 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class OperatorPrompt:
+    """A board needs a hand; the step continues by itself when the board re-enumerates."""
+
+    key: PortKey
+    step: str
+    prompt: str  # "Hold BOOT, press and release RESET, then release BOOT"
+    reason: str  # what the station saw
+
+
+@dataclass(frozen=True)
 class DeviceDone:
     key: PortKey
     device_id: str
@@ -95,5 +105,5 @@ class Log:
 
 Event = (
     PortAppeared | PortGone | BatchStarted | DeviceStarted | BoardIdentified | StepStarted | Progress
-    | StepDone | DeviceDone | BatchDone | Log
+    | StepDone | OperatorPrompt | DeviceDone | BatchDone | Log
 )

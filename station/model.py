@@ -55,9 +55,14 @@ class Result(enum.Enum):
 
 
 class StepFailed(Exception):
-    """A step failed for a reason an operator can act on. The message is shown as-is."""
+    """A step failed for a reason an operator can act on. The message is shown as-is.
 
-    def __init__(self, reason: str, retryable: bool = False):
+    `operator_prompt` says what a person must do with the board (press a button, change a mode); the engine
+    shows it and runs the step again once the board re-enumerates at the same USB location.
+    """
+
+    def __init__(self, reason: str, retryable: bool = False, operator_prompt: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+        self.operator_prompt = operator_prompt

@@ -117,7 +117,6 @@ def test_board_unplugged_mid_write_fails_alone(profile, bench, tmp_path):
 
 @pytest.mark.parametrize("fault, words", [
     (EspFaults(no_sync=True), "No answer from the board"),
-    (EspFaults(wrong_boot_mode=True), "download mode"),
     (EspFaults(bad_md5=True), "MD5"),
     (EspFaults(flash_write_error=True), "write"),
 ])
@@ -139,3 +138,4 @@ def test_wrong_chip_is_refused_before_writing(bench, tmp_path):
     summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
     assert list(summary.failed.values()) == ["Wrong chip: profile wants ESP8266, board is ESP32"]
     assert boards[0].flash.read(0, 0x20000) == before
+

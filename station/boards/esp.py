@@ -20,6 +20,7 @@ from station.boards import esptool_glue
 from station.model import BoardInfo, StepFailed
 
 ProgressFn = Callable[[int, int], None]  # (done bytes, total bytes) of the current write
+BOOT_MODE_PROMPT = "Hold BOOT, press and release RESET, then release BOOT"
 
 
 class EspSession:
@@ -80,7 +81,8 @@ class EspSession:
                                  description=esp.get_chip_description(), features=list(esp.get_chip_features()))
             except (FatalError, SerialException, OSError) as exc:
                 self.close()
-                raise StepFailed(explain(exc, "connect"), retryable=True) from exc
+                prompt = BOOT_MODE_PROMPT if "wrong boot mode" in str(exc).lower() else None
+                raise StepFailed(explain(exc, "connect"), retryable=True, operator_prompt=prompt) from exc
 
     def write(self, images: list[tuple[int, bytes]]) -> None:
         """Write images (compressed, through the stub) and let esptool check each one's MD5."""
