@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS devices (
     mac TEXT NOT NULL DEFAULT '',
     board TEXT NOT NULL DEFAULT '{}',
     images TEXT NOT NULL DEFAULT '[]',
+    identity TEXT NOT NULL DEFAULT '{}',
     result TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     started REAL NOT NULL,
@@ -70,6 +71,7 @@ class DeviceRow:
     mac: str
     board: dict
     images: list
+    identity: dict
     result: str
     reason: str
     started: float
@@ -108,7 +110,15 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.row_factory = sqlite3.Row
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a journal written by an older station up to this schema (columns are only ever added)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+        if "identity" not in columns:
+            self._db.execute("ALTER TABLE devices ADD COLUMN identity TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:
@@ -146,6 +156,10 @@ class Journal:
 
     def set_images(self, device_id: str, images: list[dict]) -> None:
         self._write("UPDATE devices SET images = ? WHERE id = ?", (json.dumps(images), device_id))
+
+    def set_identity(self, device_id: str, identity: dict) -> None:
+        """Public identity facts only: subject serial, certificate chain, public key (JWK), key origin."""
+        self._write("UPDATE devices SET identity = ? WHERE id = ?", (json.dumps(identity, sort_keys=True), device_id))
 
     def start_step(self, device_id: str, name: str, attempt: int) -> int:
         with self._lock:
@@ -202,7 +216,8 @@ class Journal:
                 (device_id,))]
 
     @staticmethod
-    def _device(r: tuple) -> DeviceRow:
-        (id_, batch_id, port, usb_id, family, chip, mac, board, images, result, reason, started, ended) = r
-        return DeviceRow(id_, batch_id, port, usb_id, family, chip, mac, json.loads(board), json.loads(images),
-                         result, reason, started, ended)
+    def _device(r: sqlite3.Row) -> DeviceRow:
+        return DeviceRow(id=r["id"], batch_id=r["batch_id"], port=r["port"], usb_id=r["usb_id"],
+                         family=r["family"], chip=r["chip"], mac=r["mac"], board=json.loads(r["board"]),
+                         images=json.loads(r["images"]), identity=json.loads(r["identity"]), result=r["result"],
+                         reason=r["reason"], started=r["started"], ended=r["ended"])

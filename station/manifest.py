@@ -37,6 +37,7 @@ def device_records(journal: Journal, batch_id: str | None = None) -> Iterator[di
             "mac": dev.mac,
             "board": dev.board,
             "images": dev.images,
+            **({"identity": dev.identity} if dev.identity else {}),
             "result": dev.result,
             "reason": dev.reason,
             "started": rfc3339(dev.started),
