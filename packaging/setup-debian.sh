@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   python3 python3-venv python3-pip           # the station's own virtual environment
   mosquitto mosquitto-clients openssl        # the local cloud (broker + dynamic security) and cert checks
+  softhsm2                                   # PKCS#11 token for CA keys (tests use it; real HSMs work the same)
   binutils                                   # ar: the tests check certs.ar trust stores against GNU ar
   libegl1 libgl1 libglx0 libfontconfig1 libfreetype6 libxkbcommon0 libglib2.0-0 libdbus-1-3
   libx11-6 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
