@@ -1,6 +1,8 @@
 """Export of the journal: one record per device, as JSON lines or CSV.
 
 A record carries public facts only (board, image hashes, steps, who/when/where); secrets never reach it.
+`write_jsonl` and `write_csv` are the unsigned exports; `station.manifest_sign` signs the same records as
+hash-chained JWS lines and verifies them.
 """
 from __future__ import annotations
 
