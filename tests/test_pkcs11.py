@@ -72,8 +72,8 @@ def test_ca_on_token_signs_certificates_openssl_verifies(tmp_path, token_label):
 
     with StationCA.load(data, pin_source=SecretSource.fixed(PIN)) as ca:
         ledger = Ledger(tmp_path / "journal.sqlite3")
-        _, host_cert = host_identity(ca, IdevidProfile(key_origin="host"), {"chip": "ESP32", "mac": "24:0a:c4:00:00:01"},
-                                     ledger)
+        _, host_cert = host_identity(ca, IdevidProfile(key_origin="host"),
+                                     {"chip": "ESP32", "mac": "24:0a:c4:00:00:01"}, ledger)
         board_key = ec.generate_private_key(ec.SECP256R1())
         csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
                .sign(board_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from station.identity import CAError
 from station.identity.keys import (SecretSource, as_source, ca_passphrase_source, check_new_passphrase,
@@ -177,7 +176,6 @@ class StationCA:
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(issuing))
         self._issuer = issuing.subject
         self.issuing_sha256 = fingerprint(issuing)
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         kind = "ephemeral " if self.is_ephemeral else ""
@@ -257,10 +255,11 @@ class StationCA:
             try:
                 issuing_key = token.key(conf["keys"]["issuing"])
                 manifest_key = token.key(conf["keys"]["manifest"])
-                for key, cert in ((issuing_key, issuing), (manifest_key, manifest)):
+                for key, name in ((issuing_key, "issuing.crt"), (manifest_key, "manifest.crt")):
+                    cert = issuing if name == "issuing.crt" else manifest
                     if not _same_key(key.public_key(), cert.public_key()):
                         raise CAError(f"The key '{key.label}' on {token.ref.describe()} does not match "
-                                      f"{folder / 'issuing.crt'}; is this the token the CA was made on?")
+                                      f"{folder / name}; is this the token the CA was made on?")
                 return cls(root=root, issuing=issuing, issuing_key=issuing_key, manifest_cert=manifest,
                            manifest_key=manifest_key, intermediates=intermediates,
                            key_location=f"{token.ref.describe()}, key '{conf['keys']['issuing']}'",
