@@ -17,6 +17,10 @@ from station.engine import BatchSummary, Engine
 from station.journal import Journal
 from station.profiles import Profile, ProfileError, load_profile, resolve_psk
 from station.settings import data_dir, operator, station_id
+from station.identity import IdentityError
+from station.identity.ca import StationCA
+from station.identity.cli import ca
+from station.manifest_sign import verify_command
 from station.sim.cli import sim
 from station.terminal import TerminalReport
 
@@ -34,6 +38,15 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
 
 
 main.add_command(sim)
+main.add_command(ca)
+
+
+@main.group()
+def manifest() -> None:
+    """Signed manifests: check one you received or exported."""
+
+
+manifest.add_command(verify_command)
 
 
 def _open_journal(ctx: click.Context, sub: str = "") -> tuple[Journal, Path]:
@@ -56,6 +69,14 @@ def _load(path: str) -> tuple[Profile, str | None]:
     return profile, psk
 
 
+def _open_ca(ctx: click.Context) -> StationCA:
+    """The station CA, unlocked now: a wrong passphrase or a missing token stops us before any board."""
+    try:
+        return StationCA.load(data_dir(ctx.obj["data_dir"]))
+    except IdentityError as exc:
+        raise click.ClickException(str(exc))
+
+
 async def _run(engine: Engine, one_touch: bool, allowed: set[str] | None) -> BatchSummary:
     if not one_touch:
         return await engine.run_batch()
@@ -67,12 +88,12 @@ async def _run(engine: Engine, one_touch: bool, allowed: set[str] | None) -> Bat
     return await engine.run_one_touch(stop, allowed)
 
 
-def _provision(ctx: click.Context, profile: Profile, psk: str | None, sources: list[PortSource], one_touch: bool,
-               allowed: set[str] | None, operator_name: str | None, lot: str, verbose: bool,
-               journal_sub: str = "") -> BatchSummary:
+def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: StationCA | None,
+               sources: list[PortSource], one_touch: bool, allowed: set[str] | None, operator_name: str | None,
+               lot: str, verbose: bool, reprovision: bool = False, journal_sub: str = "") -> BatchSummary:
     journal, base = _open_journal(ctx, journal_sub)
     engine = Engine(profile, Discovery(sources), journal, operator=operator(operator_name),
-                    station_id=station_id(base), lot=lot, psk=psk)
+                    station_id=station_id(base), lot=lot, psk=psk, ca=ca, reprovision=reprovision)
     engine.subscribe(TerminalReport(verbose=verbose))
     click.echo(f"profile: {profile.summary()}")
     try:
@@ -98,11 +119,14 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, sources: l
               help="Also find emulated boards served by `station sim esp --registry DIR`.")
 @click.option("--operator", "operator_name", help="Who runs the batch (default: $STATION_OPERATOR or login).")
 @click.option("--lot", default="", help="Lot / batch label recorded with every board.")
+@click.option("--reprovision", is_flag=True,
+              help="Give boards that already have an identity a new one (the old certificate is voided).")
 @click.option("-v", "--verbose", is_flag=True, help="Show every log line from every port.")
 @click.pass_context
-def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operator_name, lot, verbose):
+def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operator_name, lot, reprovision, verbose):
     """Provision the boards on the hub with a profile. Exit code 1 when any board failed."""
     profile, psk = _load(profile_path)
+    ca_ = _open_ca(ctx) if profile.identity else None
     sources: list[PortSource]
     if ports:
         sources = [StaticPortSource(list(ports))]
@@ -110,7 +134,8 @@ def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operat
         sources = [SerialPortSource()]
         if sim_registry:
             sources.append(SimPortSource(Path(sim_registry)))
-    summary = _provision(ctx, profile, psk, sources, one_touch, set(allowed) or None, operator_name, lot, verbose)
+    summary = _provision(ctx, profile, psk, ca_, sources, one_touch, set(allowed) or None, operator_name, lot,
+                         verbose, reprovision)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -125,27 +150,69 @@ def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operat
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
-    """Provision emulated boards: the whole station with no hardware. Its journal is kept apart (demo/)."""
+    """Provision emulated boards: the whole station with no hardware. Its journal is kept apart (demo/).
+
+    Without a station CA the demo brings an ephemeral one, held in memory for this run; the signed manifest
+    it writes at the end says so, and its root certificate is written beside it for `station manifest verify`.
+    """
     import secrets
     import tempfile
 
     from station.sim.esp_server import EspSimServer
     from station.sim.fleet import demo_fleet
 
-    if not headless:
-        click.echo("The window arrives with the GUI issue; running the demo in the terminal.", err=True)
     # the demo network's passphrase is made up per run unless given; it is never printed
     os.environ.setdefault(DEMO_PSK_ENV, secrets.token_urlsafe(16))
     profile, psk = _load(profile_path)
+    if not headless:
+        from ui.demo import run_demo  # the window; imported here so the engine never needs Qt
+
+        base = data_dir(ctx.obj["data_dir"])
+        # the window always shows one board that fails and one that needs a hand, unless --no-faults is given
+        with_faults = faults or ctx.get_parameter_source("faults") is click.core.ParameterSource.DEFAULT
+        sys.exit(run_demo(data=base / "demo", station_id=station_id(base), boards=boards, faults=with_faults,
+                          throttle=throttle, profile=profile_path, listeners=[TerminalReport(verbose=verbose)]))
+    base = data_dir(ctx.obj["data_dir"])
+    ca_ = demo_ca(ctx)
     with tempfile.TemporaryDirectory(prefix="station-sim-") as registry:
         server = EspSimServer(demo_fleet(boards, faults=faults), registry_dir=registry, throttle=throttle)
         server.start()
         try:
-            summary = _provision(ctx, profile, psk, [SimPortSource(Path(registry))], False, None, None, "demo",
-                                 verbose, journal_sub="demo")
+            summary = _provision(ctx, profile, psk, ca_, [SimPortSource(Path(registry))], False, None, None,
+                                 "demo", verbose, journal_sub="demo")
         finally:
             server.stop()
+    out = write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
+    click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)
+
+
+def demo_ca(ctx: click.Context) -> StationCA:
+    """The station's CA when one is set up, else an ephemeral one held in memory for this run."""
+    if (data_dir(ctx.obj["data_dir"]) / "ca" / "issuing.crt").exists():
+        return _open_ca(ctx)
+    return StationCA.ephemeral()
+
+
+def write_demo_manifest(folder: Path, batch_id: str, ca_: StationCA, station: str) -> Path:
+    """The demo's signed manifest, with the root beside it (an ephemeral CA is gone once the run ends)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from station.manifest import device_records
+    from station.manifest_sign import sign_manifest
+
+    journal = Journal(folder / "journal.sqlite3")
+    out = folder / f"manifest-{batch_id}.jsonl"
+    key, chain = ca_.manifest_signer()
+    try:
+        with open(out.with_suffix(".part"), "w") as f:
+            sign_manifest(device_records(journal, batch_id), key, chain, f, station_id=station,
+                          ephemeral_ca=ca_.is_ephemeral)
+        os.replace(out.with_suffix(".part"), out)
+        (folder / "root.crt").write_bytes(ca_.root.public_bytes(Encoding.PEM))
+    finally:
+        journal.close()
+    return out
 
 
 @main.command()
@@ -163,24 +230,37 @@ def devices(ctx, batch_id):
 
 
 @main.command()
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="jsonl: the signed, hash-chained manifest; csv: a plain table for spreadsheets.")
 @click.option("--batch", "batch_id", help="Only this batch.")
+@click.option("--unsigned", is_flag=True, help="JSON lines without signatures (no CA needed).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write (default: stdout).")
 @click.pass_context
-def export(ctx, fmt, batch_id, output):
-    """Export device records (port, chip, MAC, image hashes, steps, who/when/where)."""
-    from station.manifest import device_records, write_csv, write_jsonl
+def export(ctx, fmt, batch_id, unsigned, output):
+    """Export device records: identity, board facts, image hashes, steps, who/when/where."""
+    from functools import partial
 
-    journal, _ = _open_journal(ctx)
-    write = write_jsonl if fmt == "jsonl" else write_csv
+    from station.manifest import device_records, write_csv, write_jsonl
+    from station.manifest_sign import sign_manifest
+
+    journal, base = _open_journal(ctx)
+    if fmt == "csv":
+        write = write_csv
+    elif unsigned:
+        write = write_jsonl
+    else:
+        ca_ = _open_ca(ctx)
+        key, chain = ca_.manifest_signer()
+        write = partial(sign_manifest, private_key=key, chain=chain, station_id=station_id(base),
+                        ephemeral_ca=ca_.is_ephemeral)
     if output:
         tmp = Path(output).with_suffix(Path(output).suffix + ".part")
         with open(tmp, "w", newline="") as out:
-            count = write(device_records(journal, batch_id), out)
+            count = write(device_records(journal, batch_id), out=out)
         os.replace(tmp, output)  # a failed export never leaves a half-written file under the real name
         click.echo(f"{count} records written to {output}", err=True)
     else:
-        write(device_records(journal, batch_id), sys.stdout)
+        write(device_records(journal, batch_id), out=sys.stdout)
     journal.close()
 
 

@@ -16,6 +16,9 @@ from typing import Callable, Iterable
 from station import events as ev
 from station.boards.esp import EspSession
 from station.discovery import Discovery
+from station.identity.ca import StationCA
+from station.identity.ledger import Ledger
+from station.identity.provision import void_identity
 from station.journal import Journal
 from station.model import Mode, PortInfo, PortKey, Result, StepFailed
 from station.pipeline import DeviceContext, Step, steps_for
@@ -37,11 +40,17 @@ class BatchSummary:
 
 class Engine:
     def __init__(self, profile: Profile, discovery: Discovery, journal: Journal, *, operator: str,
-                 station_id: str, lot: str = "", psk: str | None = None, poll_interval: float = 0.25,
-                 workers: int = 64):
+                 station_id: str, lot: str = "", psk: str | None = None, ca: StationCA | None = None,
+                 reprovision: bool = False, poll_interval: float = 0.25, workers: int = 64):
         self.profile = profile
         self.discovery = discovery
         self.journal = journal
+        if profile.identity and ca is None:
+            raise ValueError("The profile makes device identities, but no station CA is open; run "
+                             "`station ca init` (or use `station demo`, which brings its own)")
+        self.ca = ca
+        self.ledger = Ledger(journal.path) if profile.identity else None  # certificates live in the journal file
+        self.reprovision = reprovision
         self.operator, self.station_id, self.lot = operator, station_id, lot
         self._psk = psk
         self.poll_interval = poll_interval
@@ -172,6 +181,8 @@ class Engine:
         for session in list(self._sessions.values()):
             session.abort()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.ledger is not None:
+            self.ledger.close()
 
     def _start_batch(self, mode: Mode) -> str:
         self._bind_loop()
@@ -210,7 +221,8 @@ class Engine:
         session = EspSession(port.url, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
                              progress=self._progress_reporter(key))
         self._sessions[key] = session
-        ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, psk=self._psk)
+        ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, device_id=device_id,
+                            psk=self._psk, ca=self.ca, ledger=self.ledger, reprovision=self.reprovision)
         result, reason = Result.PASS, ""
         try:
             for index, step in enumerate(steps):
@@ -228,12 +240,21 @@ class Engine:
         finally:
             session.close()
             self._sessions.pop(key, None)
-        await asyncio.shield(loop.run_in_executor(self.pool, self.journal.end_device, device_id, result, reason))
+        await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
         if result is Result.PASS:
             summary.passed.append(key)
         else:
             summary.failed[key] = reason
         self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
+
+    def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> None:
+        """The device's last journal entries; a failed board's certificate is voided first."""
+        if ctx.identity is not None and ctx.identity.record:
+            if result is not Result.PASS:
+                assert self.ledger is not None
+                void_identity(ctx.identity, self.ledger, reason or result.value)
+            self.journal.set_identity(ctx.device_id, ctx.identity.record)
+        self.journal.end_device(ctx.device_id, result, reason)
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
         policy = self.profile.steps[step.name]

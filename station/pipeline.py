@@ -15,7 +15,10 @@ from station.boards.esp import EspSession
 from station.boards.esp_image import ImageError, check_app_image
 from station.model import BoardInfo, PortInfo, StepFailed
 from station.payloads import PayloadError
-from station.payloads.partition_table import find_partition, parse_partition_table
+from station.identity.ca import StationCA
+from station.identity.ledger import Ledger, serial_hex
+from station.identity.provision import IdentityPlan, issue_on_host, plan_identity, read_back_certificate
+from station.payloads.partition_table import Partition, find_partition, parse_partition_table
 from station.profiles import FirmwareSet, Profile
 
 
@@ -41,9 +44,14 @@ class DeviceContext:
     profile: Profile
     session: EspSession
     pool: Executor
+    device_id: str = ""
     psk: str | None = field(default=None, repr=False)
+    ca: StationCA | None = None
+    ledger: Ledger | None = None
+    reprovision: bool = False  # a board whose device serial has a live certificate gets a new one
     board: BoardInfo | None = None
     firmware: FirmwareSet | None = None
+    identity: IdentityPlan | None = None
     payloads: Future | None = None  # Future[list[FlashImage]], built while the firmware flashes
     written: list[FlashImage] = field(default_factory=list)
 
@@ -56,7 +64,7 @@ class Step:
 
 def steps_for(profile: Profile) -> list[Step]:
     steps = [Step("detect", detect), Step("check", check), Step("flash", flash)]
-    if profile.wifi or profile.nvs:
+    if profile.wifi or profile.nvs or profile.identity:
         steps.append(Step("write-data", write_data))
     steps += [Step("verify", verify), Step("reset", reset)]
     return steps
@@ -84,10 +92,13 @@ def check(ctx: DeviceContext) -> str:
                 check_app_image(image.data, board.chip, board.flash_size or 1 << 30, image.offset, image.name)
             except ImageError as exc:
                 raise StepFailed(str(exc)) from exc
-    nvs_region = _nvs_region(ctx)  # fails now, not after flashing, if the table has no such partition
-    if nvs_region is not None:
-        ctx.payloads = ctx.pool.submit(build_payloads, ctx, nvs_region)
-    return f"{len(firmware.images)} images for {board.chip} fit and match"
+    if ctx.profile.identity is not None:
+        assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
+        ctx.identity = plan_identity(ctx.profile.identity, firmware, board, ctx.ledger, ctx.reprovision)
+    if ctx.profile.wifi or ctx.profile.nvs or ctx.identity:
+        ctx.payloads = ctx.pool.submit(build_payloads, ctx)
+    identity = f"; identity {ctx.identity.subject_serial}" if ctx.identity else ""
+    return f"{len(firmware.images)} images for {board.chip} fit and match{identity}"
 
 
 def flash(ctx: DeviceContext) -> str:
@@ -112,7 +123,19 @@ def write_data(ctx: DeviceContext) -> str:
 
 def verify(ctx: DeviceContext) -> str:
     ctx.session.verify([(i.offset, i.data) for i in ctx.written])
-    return f"MD5 of {len(ctx.written)} regions match"
+    detail = f"MD5 of {len(ctx.written)} regions match"
+    plan = ctx.identity
+    if plan is not None and plan.record:
+        part = plan.partition
+        try:
+            cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size))
+        except (PayloadError, KeyError, ValueError) as exc:
+            raise StepFailed(f"Verify failed: the identity read back from {part.name} does not parse ({exc})") \
+                from exc
+        if serial_hex(cert) != plan.record["certificate_serial"]:
+            raise StepFailed(f"Verify failed: {part.name} holds certificate {serial_hex(cert)}, not the one issued")
+        detail += f"; identity read back from {part.name}"
+    return detail
 
 
 def reset(ctx: DeviceContext) -> str:
@@ -120,35 +143,35 @@ def reset(ctx: DeviceContext) -> str:
     return "reset into the app"
 
 
-def build_payloads(ctx: DeviceContext, nvs_region: tuple[int, int]) -> list[FlashImage]:
-    """The NVS partition with Wi-Fi credentials and the profile's config namespaces, built in memory."""
+def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
+    """Everything written as data, built in memory while the firmware flashes: the NVS partition (Wi-Fi
+    credentials and the profile's namespaces) and, with the key made on the host, the identity partition."""
     from station.payloads.nvs import build_nvs_image, build_wifi_nvs
 
     profile = ctx.profile
-    offset, size = nvs_region
-    if profile.wifi is not None:
-        image = build_wifi_nvs(profile.wifi.ssid, ctx.psk or "", size, extra=profile.nvs_values())
-    else:
-        image = build_nvs_image(profile.nvs_values(), size)
-    return [FlashImage("nvs", offset, image, secret=profile.wifi is not None)]
+    images = []
+    if profile.wifi or profile.nvs:
+        part = _partition(ctx, profile.wifi.partition if profile.wifi else "nvs")
+        if profile.wifi is not None:
+            image = build_wifi_nvs(profile.wifi.ssid, ctx.psk or "", part.size, extra=profile.nvs_values())
+        else:
+            image = build_nvs_image(profile.nvs_values(), part.size)
+        images.append(FlashImage(part.name, part.offset, image, secret=profile.wifi is not None))
+    plan = ctx.identity
+    if plan is not None and plan.spec.certificate.key_origin == "host":
+        assert ctx.ca is not None and ctx.ledger is not None
+        image = issue_on_host(plan, ctx.ca, ctx.ledger, ctx.device_id)
+        images.append(FlashImage(plan.partition.name, plan.partition.offset, image, secret=True))
+    return images
 
 
-def _nvs_region(ctx: DeviceContext) -> tuple[int, int] | None:
-    profile = ctx.profile
-    if not (profile.wifi or profile.nvs):
-        return None
+def _partition(ctx: DeviceContext, name: str) -> Partition:
+    """A partition of the board's firmware; the profile loader has checked that it exists."""
     _, firmware = _ready(ctx)
-    assert firmware.partition_table is not None  # the profile loader insists on one when NVS is used
-    name = profile.wifi.partition if profile.wifi else "nvs"
-    try:
-        table = parse_partition_table(firmware.partition_table.data)
-    except PayloadError as exc:
-        raise StepFailed(f"{firmware.partition_table.name}: {exc}") from exc
-    part = find_partition(table, name=name)
-    if part is None:
-        raise StepFailed(f"The firmware's partition table ({firmware.partition_table.name}) has no partition "
-                         f"named '{name}'; fix [wifi] partition in the profile")
-    return part.offset, part.size
+    assert firmware.partition_table is not None
+    part = find_partition(parse_partition_table(firmware.partition_table.data), name=name)
+    assert part is not None
+    return part
 
 
 def _ready(ctx: DeviceContext) -> tuple[BoardInfo, FirmwareSet]:

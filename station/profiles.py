@@ -11,12 +11,16 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from station.identity.idevid import IdevidProfile
 
 IMAGE_KINDS = ("bootloader", "partition-table", "app", "data")
 ESP_CHIPS = ("ESP32", "ESP32-C3", "ESP8266")
 NVS_TYPES = ("u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "string")
-STEP_NAMES = ("detect", "check", "flash", "write-data", "verify", "reset")
+STEP_NAMES = ("detect", "check", "flash", "write-data", "verify", "reset", "identity")
+IDENTITY_STORES = ("auto", "esp_secure_cert", "littlefs")
 
 
 class ProfileError(ValueError):
@@ -64,7 +68,17 @@ DEFAULT_POLICIES = {
     "write-data": StepPolicy(timeout=60, retries=0),
     "verify": StepPolicy(timeout=60, retries=0),
     "reset": StepPolicy(timeout=10, retries=0),
+    "identity": StepPolicy(timeout=60, retries=0),
 }
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    """The [identity] table: how the IDevID is made (certificate profile) and where it lands on the board."""
+
+    certificate: "IdevidProfile"
+    store: str  # "auto" (by the partition table), "esp_secure_cert" (TLV partition) or "littlefs" (BearSSL files)
+    partition: str | None  # its name in the firmware's partition table; None: found by type
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,7 @@ class Profile:
     wifi: WifiSpec | None
     nvs: dict[str, dict[str, tuple[str, int | str]]]  # namespace -> key -> (type, value)
     steps: dict[str, StepPolicy]
+    identity: IdentitySpec | None = None
 
     def nvs_values(self):
         """The profile's own NVS namespaces as the NVS builder takes them."""
@@ -155,7 +170,7 @@ def load_profile(path: str | os.PathLike) -> Profile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{file}: not valid TOML ({exc}). Fix the syntax at that line.")
     top = _Table(file, "", raw)
-    top.check_keys(("profile", "firmware", "wifi", "nvs", "steps"))
+    top.check_keys(("profile", "firmware", "wifi", "nvs", "steps", "identity"))
 
     meta = top.sub("profile", top.get("profile", dict, hint="add a [profile] table with name and family"))
     meta.check_keys(("name", "description", "family", "baud"))
@@ -170,13 +185,82 @@ def load_profile(path: str | os.PathLike) -> Profile:
     firmware = _load_firmware(top, file)
     wifi = _load_wifi(top)
     nvs = _load_nvs(top)
-    if (wifi or nvs) and not all(fw.partition_table for fw in firmware.values()):
-        top.fail("[wifi] and [nvs] need a partition-table image in every [[firmware]] set, so the station knows "
-                 "where the NVS partition is. Add the firmware's partition-table.bin with kind = \"partition-table\".")
+    identity = _load_identity(top)
+    if (wifi or nvs or identity) and not all(fw.partition_table for fw in firmware.values()):
+        top.fail("[wifi], [nvs] and [identity] need a partition-table image in every [[firmware]] set, so the "
+                 "station knows where their partitions are. Add the firmware's partition-table.bin with "
+                 "kind = \"partition-table\".")
+    for fw in firmware.values() if identity else ():
+        try:
+            identity_target(identity, fw)
+        except ValueError as exc:
+            top.fail(str(exc))
+    if wifi or nvs:
+        _check_partition_exists(top, firmware, wifi.partition if wifi else "nvs", "[wifi] partition")
     steps = _load_steps(top)
     return Profile(path=file, sha256=hashlib.sha256(text).hexdigest(), name=name,
                    description=meta.get("description", str, ""), family=family, baud=baud, firmware=firmware,
-                   wifi=wifi, nvs=nvs, steps=steps)
+                   wifi=wifi, nvs=nvs, steps=steps, identity=identity)
+
+
+def _check_partition_exists(top: _Table, firmware: dict[str, FirmwareSet], name: str, what: str) -> None:
+    from station.payloads import PayloadError
+    from station.payloads.partition_table import find_partition, parse_partition_table
+
+    for chip, fw in firmware.items():
+        assert fw.partition_table is not None
+        try:
+            table = parse_partition_table(fw.partition_table.data)
+        except PayloadError as exc:
+            top.fail(f"{fw.partition_table.name} ({chip}): {exc}")
+        if find_partition(table, name=name) is None:
+            names = ", ".join(p.name for p in table)
+            top.fail(f"{what} '{name}' is not in {chip}'s partition table ({fw.partition_table.name}: {names}); "
+                     f"fix the name or use firmware whose table has it.")
+
+
+def identity_target(identity: IdentitySpec, firmware: FirmwareSet):
+    """(store, Partition) where this chip's firmware keeps its identity; ValueError says why there is none."""
+    from station.payloads.partition_table import (SUBTYPE_DATA_LITTLEFS, TYPE_DATA, TYPE_ESP_SECURE_CERT,
+                                                  find_partition, parse_partition_table)
+
+    assert firmware.partition_table is not None
+    table = parse_partition_table(firmware.partition_table.data)
+    kinds = {"esp_secure_cert": {"type": TYPE_ESP_SECURE_CERT},
+             "littlefs": {"type": TYPE_DATA, "subtype": SUBTYPE_DATA_LITTLEFS}}
+    stores = list(kinds) if identity.store == "auto" else [identity.store]
+    for store in stores:
+        part = find_partition(table, name=identity.partition) if identity.partition \
+            else find_partition(table, **kinds[store])
+        if part is not None and all(getattr(part, k) == v for k, v in kinds[store].items()):
+            return store, part
+    names = ", ".join(f"{p.name} (type {p.type:#x}/{p.subtype:#x})" for p in table)
+    wanted = f"a partition named '{identity.partition}'" if identity.partition else \
+        " or ".join(f"an {s} partition" for s in stores)
+    raise ValueError(f"[identity]: {firmware.chip}'s partition table ({firmware.partition_table.name}) has no "
+                     f"{wanted} to hold the identity; it has {names}. Use firmware with such a partition or "
+                     f"set [identity] store/partition.")
+
+
+def _load_identity(top: _Table) -> IdentitySpec | None:
+    from station.identity import IdentityProfileError
+    from station.identity.idevid import parse_identity_table
+
+    if "identity" not in top.raw:
+        return None
+    table = top.sub("identity", top.get("identity", dict))
+    raw = dict(table.raw)
+    store = raw.pop("store", "auto")
+    partition = raw.pop("partition", None)
+    if store not in IDENTITY_STORES:
+        table.fail(f"store '{store}' is not known; use one of {', '.join(IDENTITY_STORES)}.", "store")
+    if partition is not None and not isinstance(partition, str):
+        table.fail("partition must be the partition's name in the firmware's partition table.", "partition")
+    try:
+        certificate = parse_identity_table(raw, f"{top.file}: [identity]")
+    except IdentityProfileError as exc:
+        raise ProfileError(str(exc)) from None
+    return IdentitySpec(certificate=certificate, store=store, partition=partition)
 
 
 def _load_firmware(top: _Table, file: Path) -> dict[str, FirmwareSet]:

@@ -3,6 +3,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from station import events as ev
 from station.discovery import Discovery
@@ -11,7 +13,9 @@ from station.engine import Engine
 from station.journal import Journal
 from station.payloads.nvs import read_nvs
 from station.payloads.partition_table import find_partition, parse_partition_table
-from station.profiles import load_profile
+from station.identity.ca import StationCA
+from station.identity.provision import read_back_certificate
+from station.profiles import identity_target, load_profile
 from station.sim.esp_board import EspFaults
 from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
@@ -40,9 +44,12 @@ def bench(tmp_path):
         server.stop()
 
 
-def run_batch(profile, registry: Path, journal: Journal, listener=None):
+CA = StationCA.ephemeral()
+
+
+def run_batch(profile, registry: Path, journal: Journal, listener=None, reprovision=False):
     engine = Engine(profile, Discovery([SimPortSource(registry)]), journal, operator="tester",
-                    station_id="station-t", lot="LOT-1", psk=PSK)
+                    station_id="station-t", lot="LOT-1", psk=PSK, ca=CA, reprovision=reprovision)
     if listener:
         engine.subscribe(listener)
     try:
@@ -75,6 +82,7 @@ def test_mixed_batch_of_eight_boards(profile, bench, tmp_path):
         assert values[("nvs.net80211", "sta.ssid")][4:4 + len("station-demo")] == b"station-demo"
         assert values[("nvs.net80211", "sta.pswd")].rstrip(b"\0") == PSK.encode()
         assert values[("mqtt", "host")] == "127.0.0.1" and values[("mqtt", "port")] == 8883
+        assert_identity_in_flash(profile, board)
 
     # progress is attributed to the right port: each port's transfers add up to its own chip's images
     totals = {}
@@ -93,6 +101,28 @@ def test_mixed_batch_of_eight_boards(profile, bench, tmp_path):
                                                            "reset"]
         assert all(s.result == "pass" for s in journal.steps(dev.id))
         assert PSK not in str(dev.images)
+
+
+def assert_identity_in_flash(profile, board):
+    """The board's own flash holds a certificate from the station CA, for its MAC, with the matching key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from station.payloads.littlefs import CLIENT_KEY_PATH, read_fs
+    from station.payloads.secure_cert import PRIV_KEY, read_secure_cert
+
+    store, part = identity_target(profile.identity, profile.firmware[board.chip.display_name])
+    image = board.flash.read(part.offset, part.size)
+    plan = type("Plan", (), {"store": store})()
+    cert = read_back_certificate(plan, image)
+    cert.verify_directly_issued_by(CA.issuing)
+    serial = cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value
+    assert serial == f"{board.chip.display_name}-{board.mac_text.replace(':', '').upper()}"
+    if store == "esp_secure_cert":
+        key = serialization.load_pem_private_key(read_secure_cert(image)[(PRIV_KEY, 0)].rstrip(b"\0"), None)
+    else:
+        key = serialization.load_der_private_key(read_fs(image, 8192, 32)[CLIENT_KEY_PATH], None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
 
 
 def test_board_unplugged_mid_write_fails_alone(profile, bench, tmp_path):
@@ -138,4 +168,5 @@ def test_wrong_chip_is_refused_before_writing(bench, tmp_path):
     summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
     assert list(summary.failed.values()) == ["Wrong chip: profile wants ESP8266, board is ESP32"]
     assert boards[0].flash.read(0, 0x20000) == before
+
 

@@ -18,8 +18,12 @@ PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml
 PSK = "bench-passphrase-42"
 
 
+CA_PASSPHRASE = "ca-passphrase-for-tests"
+
+
 def station(data: Path, *args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK, "STATION_OPERATOR": "alice"}
+    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK, "STATION_OPERATOR": "alice",
+           "STATION_CA_PASSPHRASE": CA_PASSPHRASE}
     return subprocess.run([sys.executable, "-m", "station.cli", "--data-dir", str(data), *args], env=env,
                           capture_output=True, text=True, timeout=300, **kw)
 
@@ -33,8 +37,17 @@ def hub(tmp_path):
     server.stop()
 
 
+def payloads(manifest: Path) -> list[dict]:
+    """The records inside a signed manifest's JWS lines (the last line is the batch head)."""
+    import base64
+
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    return [json.loads(base64.urlsafe_b64decode(line["payload"] + "==")) for line in lines[:-1]]
+
+
 def test_provision_then_devices_and_export(tmp_path, hub):
     data = tmp_path / "data"
+    assert station(data, "ca", "init").returncode == 0
     run = station(data, "provision", "--profile", str(PROFILE), "--sim-registry", str(tmp_path / "registry"),
                   "--lot", "L-42")
     assert run.returncode == 1, run.stderr  # one board failed
@@ -47,7 +60,10 @@ def test_provision_then_devices_and_export(tmp_path, hub):
 
     out = tmp_path / "export.jsonl"
     assert station(data, "export", "--format", "jsonl", "-o", str(out)).returncode == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    root = data / "ca" / "root.crt"
+    check = station(data, "manifest", "verify", str(out), "--root", str(root))
+    assert check.returncode == 0, check.stdout + check.stderr
+    records = payloads(out)
     assert len(records) == 3
     for rec, board in zip(sorted(records, key=lambda r: r["port"]), hub.boards):
         assert rec["mac"] == board.mac_text and rec["chip"] == board.chip.display_name
@@ -59,7 +75,21 @@ def test_provision_then_devices_and_export(tmp_path, hub):
     assert len(app["sha256"]) == 64
     nvs = next(i for i in good["images"] if i["name"] == "nvs")
     assert "sha256" not in nvs  # it holds the Wi-Fi passphrase
-    assert PSK not in out.read_text()
+    assert PSK not in out.read_text() and "PRIVATE KEY" not in out.read_text()
+    assert good["identity"]["key_origin"] == "host" and good["identity"]["void"] is False
+    assert good["identity"]["public_key"]["kty"] == "EC"
+    bad = next(r for r in records if r["result"] == "fail")
+    assert bad["identity"]["void"] is True  # a failed board's certificate is voided, not left valid-looking
+
+    tampered = tmp_path / "tampered.jsonl"
+    lines = out.read_text().splitlines()
+    lines.pop(1)
+    tampered.write_text("\n".join(lines) + "\n")
+    check = station(data, "manifest", "verify", str(tampered), "--root", str(root))
+    assert check.returncode == 1 and "removed" in check.stdout
+
+    again = station(data, "provision", "--profile", str(PROFILE), "--sim-registry", str(tmp_path / "registry"))
+    assert again.stderr.count("already provisioned") >= 2, again.stderr  # same boards, same serials: refused
 
     csv_run = station(data, "export", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(csv_run.stdout)))
@@ -70,7 +100,8 @@ def test_killed_mid_batch_loses_no_finished_step(tmp_path):
     boards = demo_fleet(2)
     server = EspSimServer(boards, registry_dir=tmp_path / "registry", throttle=True).start()  # real line rate
     data = tmp_path / "data"
-    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK}
+    assert station(data, "ca", "init").returncode == 0
+    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK, "STATION_CA_PASSPHRASE": CA_PASSPHRASE}
     proc = subprocess.Popen([sys.executable, "-m", "station.cli", "--data-dir", str(data), "provision",
                              "--profile", str(PROFILE), "--sim-registry", str(tmp_path / "registry")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -92,3 +123,14 @@ def test_killed_mid_batch_loses_no_finished_step(tmp_path):
     again = station(data, "devices")
     assert again.stderr.count("was interrupted last time") == 2
     assert again.stdout.count("interrupted") == 2
+
+
+def test_wrong_ca_passphrase_stops_before_any_board(tmp_path, hub):
+    data = tmp_path / "data"
+    assert station(data, "ca", "init").returncode == 0
+    env = {**os.environ, "STATION_DEMO_WIFI_PSK": PSK, "STATION_CA_PASSPHRASE": "not-the-passphrase"}
+    run = subprocess.run([sys.executable, "-m", "station.cli", "--data-dir", str(data), "provision", "--profile",
+                          str(PROFILE), "--sim-registry", str(tmp_path / "registry")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "passphrase" in run.stderr.lower()
+    assert all(b.flash.read(0, 0x1000) == b"\xff" * 0x1000 for b in hub.boards)

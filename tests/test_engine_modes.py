@@ -7,6 +7,7 @@ from station import events as ev
 from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine
+from station.identity.ca import StationCA
 from station.journal import Journal
 from station.profiles import StepPolicy, load_profile
 from station.sim.esp_board import EspFaults
@@ -19,7 +20,7 @@ PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml
 def make_engine(tmp_path: Path) -> Engine:
     return Engine(load_profile(PROFILE), Discovery([SimPortSource(tmp_path / "registry")]),
                   Journal(tmp_path / "journal.sqlite3"), operator="t", station_id="s", psk="password123",
-                  poll_interval=0.05)
+                  ca=StationCA.ephemeral(), poll_interval=0.05)
 
 
 def test_one_touch_provisions_allowed_boards_that_appear_and_ignores_others(tmp_path):

@@ -33,10 +33,12 @@ from station.payloads.partition_table import (
     SUBTYPE_APP_FACTORY,
     SUBTYPE_APP_OTA_0,
     SUBTYPE_DATA_OTA,
+    SUBTYPE_DATA_LITTLEFS,
     SUBTYPE_DATA_NVS,
     SUBTYPE_DATA_PHY,
     TYPE_APP,
     TYPE_DATA,
+    TYPE_ESP_SECURE_CERT,
     Partition,
     build_partition_table,
 )
@@ -163,13 +165,26 @@ def make_bootloader_image(chip: str) -> bytes:
 
 
 def ota_partitions(slot_size: int = 0xF0000) -> list[Partition]:
-    """Two OTA slots after NVS and otadata (ESP8266_RTOS_SDK / IDF "partitions_two_ota.csv")."""
+    """Two OTA slots after NVS and otadata (ESP8266_RTOS_SDK / IDF "partitions_two_ota.csv"), plus a small
+    LittleFS partition for the device identity files (client.der, client.key, certs.ar)."""
     return [
         Partition("nvs", TYPE_DATA, SUBTYPE_DATA_NVS, 0x9000, 0x4000),
         Partition("otadata", TYPE_DATA, SUBTYPE_DATA_OTA, 0xD000, 0x2000),
         Partition("phy_init", TYPE_DATA, SUBTYPE_DATA_PHY, 0xF000, 0x1000),
         Partition("ota_0", TYPE_APP, SUBTYPE_APP_OTA_0, 0x10000, slot_size),
         Partition("ota_1", TYPE_APP, SUBTYPE_APP_OTA_0 + 1, 0x10000 + slot_size, slot_size),
+        Partition("littlefs", TYPE_DATA, SUBTYPE_DATA_LITTLEFS, 0x10000 + 2 * slot_size, 0x10000),
+    ]
+
+
+def secure_cert_partitions(app_size: int = 0x100000) -> list[Partition]:
+    """Single app with an esp_secure_cert partition at 0xD000 (esp_secure_cert_mgr's default offset), so NVS
+    shrinks to 0x4000 to make room."""
+    return [
+        Partition("nvs", TYPE_DATA, SUBTYPE_DATA_NVS, 0x9000, 0x4000),
+        Partition("esp_secure_cert", TYPE_ESP_SECURE_CERT, 0, 0xD000, 0x2000),
+        Partition("phy_init", TYPE_DATA, SUBTYPE_DATA_PHY, 0xF000, 0x1000),
+        Partition("factory", TYPE_APP, SUBTYPE_APP_FACTORY, 0x10000, app_size),
     ]
 
 
@@ -303,7 +318,7 @@ def demo_firmware_set() -> dict[str, list[tuple[int, str, bytes]]]:
         else:
             result[directory] = [
                 (rom.BOOTLOADER_FLASH_OFFSET, "bootloader.bin", make_bootloader_image(chip)),
-                (0x8000, "partition-table.bin", make_partition_table()),
+                (0x8000, "partition-table.bin", make_partition_table(secure_cert_partitions())),
                 (0x10000, f"{project}.bin", app),
             ]
     return result
