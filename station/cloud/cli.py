@@ -1,0 +1,115 @@
+"""`station cloud up | down | status`: the local Mosquitto broker the station registers boards with.
+
+Mounted by station/cli.py (`main.add_command(cloud)`); the data dir comes from `ctx.obj["data_dir"]`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+from pathlib import Path
+
+import click
+
+from station.cloud import BrokerError, CloudError
+from station.cloud.broker import BrokerPorts, LocalBroker, blocking_folder
+from station.cloud.tls import IssuingCA
+from station.settings import data_dir
+
+ROOT_FALLBACK = Path("/var/lib/provisioning-station")
+
+
+def load_issuing_ca(data: Path) -> IssuingCA:
+    """The station CA (unlocked: env STATION_CA_PASSPHRASE, the keyring or a prompt), for the broker."""
+    try:
+        from station.identity.ca import StationCA
+    except ImportError:
+        raise click.ClickException("the station has no CA module yet; run `station ca init` first") from None
+    try:
+        return issuing_ca_from(StationCA.load(data))
+    except (ValueError, OSError) as exc:  # CAError / SecretError are ValueErrors with plain messages
+        raise click.ClickException(str(exc)) from None
+
+
+def issuing_ca_from(ca) -> IssuingCA:
+    """What the broker needs from a StationCA: the issuing certificate, its signing key object and the chain.
+    StationCA keeps the key private (`_issuing_key`); a public accessor there would be nicer."""
+    key = getattr(ca, "issuing_key", None) or getattr(ca, "_issuing_key", None)
+    if key is None:
+        raise click.ClickException("the station CA did not hand over its issuing key; the broker needs it to "
+                                   "sign its server certificate and CRL")
+    return IssuingCA(ca.issuing, key, tuple(ca.chain))
+
+
+def broker_state_dir(data: Path) -> Path:
+    """<data>/cloud, unless the station runs as root and the unprivileged broker user can't reach it (a data
+    dir under /root): then /var/lib/provisioning-station/cloud-<hash of the data dir>."""
+    preferred = data / "cloud"
+    if os.geteuid() != 0 or (preferred / "broker.json").exists():
+        return preferred
+    digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    fallback = ROOT_FALLBACK / f"cloud-{digest}"
+    if (fallback / "broker.json").exists():
+        return fallback
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return preferred  # LocalBroker explains what is missing
+    return preferred if blocking_folder(preferred / "broker", user) is None else fallback
+
+
+def _broker(ctx: click.Context, ca: IssuingCA | None = None, ports: BrokerPorts | None = None,
+            server_names: list[str] | None = None) -> LocalBroker:
+    return LocalBroker(broker_state_dir(data_dir(ctx.obj["data_dir"])), ca, ports,
+                       server_names=server_names or None)
+
+
+@click.group()
+def cloud() -> None:
+    """The local cloud: a Mosquitto broker with dynamic security that devices join with their certificates."""
+
+
+@cloud.command()
+@click.option("--admin-port", default=1883, show_default=True, help="Admin/control listener (127.0.0.1 only).")
+@click.option("--device-port", default=8883, show_default=True, help="TLS listener for devices.")
+@click.option("--device-host", default="", help="Address the device listener binds (default: all interfaces).")
+@click.option("--server-name", "server_names", multiple=True, metavar="NAME",
+              help="Host name or address devices use to reach the broker; repeatable (default: localhost, "
+                   "127.0.0.1, this host's name and NAME.local).")
+@click.pass_context
+def up(ctx, admin_port, device_port, device_host, server_names):
+    """Start the broker (or report the one already running)."""
+    data = data_dir(ctx.obj["data_dir"])
+    try:
+        ports = BrokerPorts(admin=admin_port, devices=device_port, devices_host=device_host)
+        broker = _broker(ctx, None, ports, list(server_names))
+        if broker.status().running:
+            click.echo("\n".join(broker.status().lines()))
+            return
+        broker.ca = load_issuing_ca(data)
+        status = broker.up()
+    except CloudError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("\n".join(status.lines()))
+    click.echo(f"state: {broker.state_dir} (log: {broker.log_path})")
+
+
+@cloud.command()
+@click.pass_context
+def down(ctx):
+    """Stop the broker (SIGTERM, then SIGKILL after 10 s)."""
+    try:
+        stopped = _broker(ctx).down()
+    except (BrokerError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("broker stopped" if stopped else "broker was not running")
+
+
+@cloud.command()
+@click.pass_context
+def status(ctx):
+    """Is the broker running; its ports; how many devices are registered and connected. Exit 1 if stopped."""
+    broker = _broker(ctx)
+    state = broker.status()
+    click.echo("\n".join(state.lines()))
+    ctx.exit(0 if state.running else 1)

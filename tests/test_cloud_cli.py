@@ -1,0 +1,97 @@
+"""`station cloud up | status | down` as an operator uses them."""
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+import station.cloud.cli as cloud_cli
+from tests.test_cloud_pki import free_port, make_ca, open_dir  # noqa: F401
+
+
+def station_cli(data_dir) -> click.Group:
+    @click.group()
+    @click.pass_context
+    def main(ctx):
+        ctx.obj = {"data_dir": str(data_dir)}
+
+    main.add_command(cloud_cli.cloud)
+    return main
+
+
+def test_up_status_down(open_dir, monkeypatch):
+    ca = make_ca()
+    monkeypatch.setattr(cloud_cli, "load_issuing_ca", lambda data: ca)
+    cli, runner = station_cli(open_dir), CliRunner()
+    admin, device = free_port(), free_port()
+
+    stopped = runner.invoke(cli, ["cloud", "status"])
+    assert stopped.exit_code == 1 and "broker: not running" in stopped.output
+
+    started = runner.invoke(cli, ["cloud", "up", "--admin-port", str(admin), "--device-port", str(device),
+                                  "--device-host", "127.0.0.1"])
+    assert started.exit_code == 0, started.output
+    assert "broker: running" in started.output and f"127.0.0.1 port {device}" in started.output
+    assert "registered devices: 0" in started.output
+
+    status = runner.invoke(cli, ["cloud", "status"])
+    assert status.exit_code == 0 and f"admin listener: 127.0.0.1:{admin}" in status.output
+    password = (open_dir / "cloud" / "admin-password").read_text().strip()
+    assert password not in started.output + status.output
+
+    again = runner.invoke(cli, ["cloud", "up"])  # already running: says so, starts nothing
+    assert again.exit_code == 0 and f"admin listener: 127.0.0.1:{admin}" in again.output
+
+    down = runner.invoke(cli, ["cloud", "down"])
+    assert down.exit_code == 0 and "broker stopped" in down.output
+    assert "not running" in runner.invoke(cli, ["cloud", "down"]).output
+
+
+def test_up_without_a_station_ca_says_what_to_do(open_dir):
+    result = CliRunner().invoke(station_cli(open_dir), ["cloud", "up", "--admin-port", str(free_port()),
+                                                        "--device-port", str(free_port())])
+    assert result.exit_code == 1
+    assert "CA" in result.output and "Traceback" not in result.output
+
+
+def test_the_station_ca_runs_the_broker_and_its_device_certificates_get_in(open_dir):
+    """The real StationCA (P-384 root, P-256 issuing CA) through the same hand-over `station cloud up` uses."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from station.cloud.broker import BrokerPorts, LocalBroker
+    from station.identity.ca import StationCA
+    from tests.test_cloud_pki import DeviceFiles, MqttDevice
+
+    station_ca = StationCA.ephemeral("Bench line 1")
+    ca = cloud_cli.issuing_ca_from(station_ca)
+    broker = LocalBroker(open_dir / "cloud", ca, BrokerPorts(admin=free_port(), devices=free_port(),
+                                                             devices_host="127.0.0.1"))
+    broker.up()
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        cert = station_ca.sign_certificate(
+            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sensor-17")]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=30)))
+        folder = open_dir / "sensor"
+        folder.mkdir()
+        (folder / "d.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / "d.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+        (folder / "ca.pem").write_bytes(ca.trust_pem())
+        with broker.admin_client() as admin:
+            admin.register_device("sensor-17")
+        device = MqttDevice(DeviceFiles("sensor-17", cert, folder / "d.crt", folder / "d.key", folder / "ca.pem"),
+                            broker.ports.devices)
+        try:
+            assert device.connect().value == 0
+            assert device.publish("devices/sensor-17/temp") in (0, 16)
+        finally:
+            device.close()
+    finally:
+        broker.down()
