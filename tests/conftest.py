@@ -1,0 +1,65 @@
+"""Qt + qasync fixtures for the UI tests (PROTOCOLS §10.2, pattern (a)).
+
+One QEventLoop(already_running=True) serves the whole pytest run; tests drive it with qtbot.waitUntil /
+waitSignal, never with loop.stop() (that calls QApplication.exit() and breaks every later nested loop).
+The loop is registered as the thread's running loop only while a UI test runs, so the engine tests'
+asyncio.run() keep working before and after. After each UI test, tasks it left behind are cancelled and
+waited for, and an exception that escaped into the loop fails the test.
+"""
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before Qt loads
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qloop(qapp):
+    import qasync
+
+    from ui.qtfix import guard_singletons
+
+    guard_singletons()  # PySide6 6.12.0 on CPython 3.11: see ui/qtfix.py
+    loop = qasync.QEventLoop(qapp, already_running=True)
+    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ui-test-io")
+    loop.set_default_executor(executor)
+    asyncio.events._set_running_loop(None)  # set per test by `aloop`
+    yield loop
+    executor.shutdown(wait=False, cancel_futures=True)
+    loop.set_default_executor(None)
+
+
+@pytest.fixture
+def aloop(qloop, qtbot):
+    """The shared loop, running for this test; leftovers cancelled and loop errors reported after it."""
+    errors: list[dict] = []
+    qloop.set_exception_handler(lambda _loop, context: errors.append(context))
+    asyncio.set_event_loop(qloop)
+    asyncio.events._set_running_loop(qloop)
+    before = set(asyncio.all_tasks(qloop))
+    try:
+        yield qloop
+    finally:
+        left = [t for t in asyncio.all_tasks(qloop) if t not in before and not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            qtbot.waitUntil(lambda: all(t.done() for t in left), timeout=10_000)
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop(None)
+        qloop.set_exception_handler(None)
+    assert not errors, f"errors in the asyncio loop: {[c.get('message') or c for c in errors]}"
+
+
+@pytest.fixture
+def arun(aloop, qtbot):
+    """arun(coro, timeout=30): run a coroutine on the shared loop, driving Qt until it is done; its result."""
+
+    def run(coro, timeout: float = 30.0):
+        task = asyncio.ensure_future(coro)
+        qtbot.waitUntil(task.done, timeout=int(timeout * 1000))
+        return task.result()
+
+    return run

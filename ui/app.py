@@ -1,0 +1,243 @@
+"""Starting the window: one QApplication, the engine's asyncio loop hosted in Qt through qasync.
+
+Python 3.11: the classic qasync pattern (`QEventLoop(app)`, `run_until_complete`). The loop's default executor
+(journal reads, profile loading, keyring, scrypt, exports) is a thread pool of its own; board work runs in
+each engine's pool. The window's close ends the run: the station stops the engine, waits for every port to
+record how it ended, then the loop closes without waiting on stray executor threads (qasync #115).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable
+
+T0 = time.monotonic()
+
+from ui.qtfix import guard_singletons  # noqa: E402
+
+# here as well as in ui/__init__.py: an editable install can import `ui` as a namespace package, skipping it
+guard_singletons()
+
+from PySide6.QtCore import QTimer  # noqa: E402
+from PySide6.QtGui import QIcon  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from station.discovery import PortSource  # noqa: E402
+from station.journal import Journal  # noqa: E402
+from station.profiles import WifiSpec, resolve_psk  # noqa: E402
+from station.settings import data_dir as default_data_dir  # noqa: E402
+from station.settings import operator as operator_name  # noqa: E402
+from station.settings import station_id as make_station_id  # noqa: E402
+from ui import theme  # noqa: E402
+from ui.bridge import EngineBridge  # noqa: E402
+from ui.controller import StationController  # noqa: E402
+from ui.lock import SupervisorLock  # noqa: E402
+from ui.main_window import MainWindow  # noqa: E402
+from ui.store import UiSettings  # noqa: E402
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+UI_THREADS = 16  # journal reads, profile loads, keyring, exports: never more than a few at once
+
+
+class Station:
+    """Everything behind one window: journal, settings, lock, the bridge, the controller and the window."""
+
+    def __init__(self, data: Path, sources: list[PortSource], *, profiles_dir: Path = PROFILES_DIR,
+                 profile: str | Path | None = None, operator: str | None = None, station_id: str | None = None,
+                 listeners: Iterable[Callable] = (), poll_interval: float = 0.25, idle_scan_ms: int = 1000,
+                 title_suffix: str = "", psk_resolver: Callable[[WifiSpec], str] = resolve_psk):
+        self.data = Path(data)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.profiles_dir = Path(profiles_dir)
+        self.initial_profile = str(profile) if profile else None
+        self.journal = Journal(self.data / "journal.sqlite3")
+        self.settings = UiSettings(self.data)
+        self.lock = SupervisorLock(self.data)
+        self.bridge = EngineBridge()
+        self.controller = StationController(
+            self.bridge, self.journal, sources, self.settings, operator=operator_name(operator),
+            station_id=station_id or make_station_id(self.data), poll_interval=poll_interval,
+            idle_scan_ms=idle_scan_ms, listeners=listeners, psk_resolver=psk_resolver)
+        self.window = MainWindow(self.controller, self.bridge, self.journal, self.settings, self.lock,
+                                 self.profiles_dir, title_suffix=title_suffix)
+        self.exit_code = 0
+        self._closed = False
+        self.controller.ca_provider = self.open_station_ca
+        self.window.history.ca_provider = self.controller.open_ca
+        self.window.history.roots_provider = self.trusted_roots
+        self.window.history.station_id = self.controller.station_id
+        self.window.settings_page.ca_status = self.ca_status
+
+    # --- the station CA (station.identity), opened when a batch or a signed export first needs it ---------
+
+    async def open_station_ca(self):
+        """Open <data>/ca with its passphrase from STATION_CA_PASSPHRASE or the OS keyring; else ask for it."""
+        import qasync
+        from PySide6.QtWidgets import QInputDialog, QLineEdit
+
+        from station.identity import SecretError
+        from station.identity.ca import StationCA
+        from station.identity.keys import SecretSource, ca_passphrase_source, pkcs11_pin_source
+
+        loop = asyncio.get_running_loop()
+        try:  # never a terminal prompt: the window has no terminal to type into
+            return await loop.run_in_executor(None, lambda: StationCA.load(
+                self.data, ca_passphrase_source(interactive=False), pin_source=pkcs11_pin_source(interactive=False)))
+        except SecretError:
+            pass  # not in the environment or keyring: ask the person at the station (never a terminal prompt)
+        text, ok = await qasync.asyncWrap(lambda: QInputDialog.getText(
+            self.window, "Station CA", "CA key passphrase or token PIN (to sign device certificates and manifests):",
+            QLineEdit.EchoMode.Password))
+        if not ok or not text:
+            raise SecretError("no CA key passphrase given")
+        source = SecretSource.fixed(text, "CA key passphrase", "typed in the window")
+        return await loop.run_in_executor(None, lambda: StationCA.load(self.data, source, pin_source=source))
+
+    def trusted_roots(self) -> list:
+        """Roots a manifest must chain to: the open CA's, else the one in <data>/ca (public, no passphrase)."""
+        ca = self.controller.ca
+        if ca is not None:
+            return [ca.root]
+        from station.identity.ca import ca_dir
+
+        root = ca_dir(self.data) / "root.crt"
+        if not root.is_file():
+            return []
+        from cryptography import x509
+
+        return x509.load_pem_x509_certificates(root.read_bytes())
+
+    async def ca_status(self) -> tuple[bool, str]:
+        ca = self.controller.ca
+        if ca is not None and getattr(ca, "is_ephemeral", False):
+            return True, (f"Ephemeral demo CA, in memory only ({ca!r}); its certificates do not trace to a lasting "
+                          f"manufacturer CA.")
+        from station.identity.ca import describe
+
+        try:
+            infos = await asyncio.get_running_loop().run_in_executor(None, describe, self.data)
+        except Exception as exc:  # noqa: BLE001 - no CA, or an unreadable one: both are "not set up" here
+            return False, f"Not set up ({exc}). Run `station ca init` (or `station ca import`) on this station."
+        if not infos:
+            return False, "Not set up. Run `station ca init` (or `station ca import`) on this station."
+        lines = [f"{i.role}: {i.subject} · SHA-256 {i.sha256[:16]}… · valid to {i.not_after:%Y-%m-%d} · key "
+                 f"{i.key_location}" for i in infos]
+        return True, "\n".join(lines)
+
+    async def start(self) -> None:
+        """After the window shows: note interrupted boards, load the profile, look at the hub."""
+        loop = asyncio.get_running_loop()
+        if self.settings.load_error:
+            self.bridge.note(self.settings.load_error, "warning")
+        interrupted = await loop.run_in_executor(None, self.journal.recover)
+        for dev in interrupted:
+            self.bridge.note(f"{self.settings.name(dev.port)}: the board there (batch {dev.batch_id}, "
+                             f"{dev.chip or 'chip unknown'}) was interrupted last time; provision it again.",
+                             "warning", None)
+        path = self.initial_profile or self.settings.profile
+        if not path or not Path(path).exists():
+            shipped = sorted(self.profiles_dir.glob("*.toml"))
+            path = str(shipped[0]) if shipped else None
+        if path:
+            if await self.controller.load_profile(path):
+                self.settings.profile = path
+                self.settings.save()
+        else:
+            self.window.show_profile_state()
+        self.window.settings_page.refresh()
+        self.controller.scan_now()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.controller.shutdown()
+        self.journal.close()
+
+
+def make_app() -> QApplication:
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(sys.argv[:1])
+    app.setApplicationName("Provisioning station")
+    app.setOrganizationName("provisioning-station")
+    app.setDesktopFileName("io.github.provisioning_station")
+    app.setWindowIcon(QIcon(str(theme.RESOURCES / "icons" / "provisioning-station.svg")))
+    app.setStyleSheet(theme.style_sheet())
+    app.setQuitOnLastWindowClosed(False)  # the window's close ends the run, after the engine has stopped
+    return app
+
+
+def run(make_station: Callable[[], Station], after_start: Callable[[Station], Awaitable] | None = None) -> int:
+    """Build the window, run the Qt + asyncio loop until it is closed, and return the exit code."""
+    import qasync
+
+    app = make_app()
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    executor = ThreadPoolExecutor(max_workers=UI_THREADS, thread_name_prefix="ui-io")
+    loop.set_default_executor(executor)
+    tasks: list[asyncio.Future] = []
+
+    async def main() -> int:
+        station = make_station()
+        closed = asyncio.Event()
+        station.window.closed.connect(closed.set)
+
+        def interrupt(*_args) -> None:  # Ctrl-C in the terminal closes the window, no questions
+            station.window.ask = False
+            station.window.close()
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+        station.window.show()
+        await station.start()
+        if after_start is not None:
+            tasks.append(asyncio.ensure_future(after_start(station)))
+        await closed.wait()
+        for task in tasks:
+            task.cancel()
+        await station.close()
+        return station.exit_code
+
+    wake = QTimer()  # lets Python run its signal handlers while Qt sits in C++
+    wake.timeout.connect(lambda: None)
+    wake.start(250)
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        wake.stop()
+        executor.shutdown(wait=False, cancel_futures=True)
+        loop.set_default_executor(None)  # close() would wait for stray executor threads otherwise
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ui`: the station's window over the real USB hub (and emulated boards with --sim-registry)."""
+    parser = argparse.ArgumentParser(prog="python -m ui", description="Provisioning station window")
+    parser.add_argument("--data-dir", default=os.environ.get("STATION_DATA_DIR"),
+                        help="Where the journal and the window's settings live (default: the user data dir)")
+    parser.add_argument("--profile", help="Profile to start with (default: the last one used)")
+    parser.add_argument("--sim-registry", default=os.environ.get("STATION_SIM_REGISTRY"),
+                        help="Also find emulated boards served by `station sim esp --registry DIR`")
+    parser.add_argument("--operator", help="Who runs the batches (default: $STATION_OPERATOR or login)")
+    args = parser.parse_args(argv)
+
+    from station.discovery.serial_ports import SerialPortSource
+    from station.discovery.sim_ports import SimPortSource
+
+    data = default_data_dir(args.data_dir)
+    sources: list[PortSource] = [SerialPortSource()]
+    if args.sim_registry:
+        sources.append(SimPortSource(Path(args.sim_registry)))
+    return run(lambda: Station(data, sources, profile=args.profile, operator=args.operator))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

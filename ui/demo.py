@@ -1,0 +1,173 @@
+"""`station demo` with a window: emulated boards on an emulated hub, one that fails and one that needs a hand.
+
+The boards are the project's ESP emulators (station.sim), served on loopback and found through a registry
+directory exactly as real ports are found; the station drives them with the same code as real boards. The
+demo adds two things a real bench has and an emulator does not:
+
+* a scripted operator: when the station asks for a hand on the "wrong boot mode" board (OperatorPrompt), it
+  waits 3 s, pulls the board, fixes its straps and plugs it back in; the station notices the re-enumeration
+  and carries on by itself. Over `socket://` esptool cannot reset a board, so today the station sees only
+  silence from that board and no prompt comes: then the scripted operator fixes the straps before the
+  station's second detect attempt, and says so in the station log.
+* tile menu entries to unplug / plug back an emulated board.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer
+from PySide6.QtWidgets import QMenu
+
+from station import events as ev
+from station.discovery.sim_ports import SimPortSource
+from station.sim.esp_board import EspFaults
+from station.sim.esp_server import EspSimServer
+from station.sim.fleet import demo_fleet
+from ui.app import Station, run
+
+PROMPT_DELAY_S = 3.0
+
+
+class DemoHarness(QObject):
+    def __init__(self, station: Station, server: EspSimServer, prompt_index: int | None):
+        super().__init__(station.window)
+        self.station, self.server = station, server
+        self.prompt_index = prompt_index
+        self.prompt_key = server.locations[prompt_index] if prompt_index is not None else None
+        self.prompted = False
+        self.fixed_without_prompt = False
+        self.batches_done = 0
+        station.bridge.eventSeen.connect(self._event)
+        station.window.tile_actions.append(self._tile_actions)
+
+    def _event(self, e) -> None:
+        if isinstance(e, ev.BatchDone):
+            self.batches_done += 1
+        if self.prompt_key is None or getattr(e, "key", None) != self.prompt_key:
+            return
+        board = self.server.boards[self.prompt_index]
+        if isinstance(e, ev.OperatorPrompt):
+            self.prompted = True
+            self.station.bridge.note(f"demo: the operator walks over to {self._name()} ({PROMPT_DELAY_S:g} s)",
+                                     key=self.prompt_key)
+            QTimer.singleShot(int(PROMPT_DELAY_S * 1000), lambda: asyncio.ensure_future(self._reseat()))
+        elif (isinstance(e, ev.StepStarted) and e.step == "detect" and e.attempt >= 2 and not self.prompted
+              and board.faults.wrong_boot_mode):
+            # this runs before the retry opens the port, so the fix is in place when it connects
+            board.faults = EspFaults()
+            self.fixed_without_prompt = True
+            self.station.bridge.note(
+                "demo: no operator prompt came (over socket:// the station cannot reset the board to read its "
+                "boot mode, so it only sees silence); the scripted operator fixed the board's boot straps before "
+                "the second attempt", "warning", self.prompt_key)
+
+    def _name(self) -> str:
+        return self.station.settings.name(self.prompt_key) if self.prompt_key else ""
+
+    async def _reseat(self) -> None:
+        i = self.prompt_index
+
+        def reseat() -> None:
+            self.server.unplug(i)
+            self.server.boards[i].faults = EspFaults()
+            time.sleep(0.6)  # long enough for discovery (0.25 s polls) to see it gone
+            self.server.plug(i)
+
+        await asyncio.get_running_loop().run_in_executor(None, reseat)
+        self.station.bridge.note(f"demo: board on {self._name()} re-plugged in download mode", key=self.prompt_key)
+
+    def _tile_actions(self, key: str, menu: QMenu) -> None:
+        if key not in self.server.locations:
+            return
+        i = self.server.locations.index(key)
+        menu.addSeparator()
+        plugged = self.server.is_plugged(i)
+        action = menu.addAction("Unplug (emulated board)" if plugged else "Plug back in (emulated board)")
+        action.triggered.connect(lambda: asyncio.ensure_future(
+            asyncio.get_running_loop().run_in_executor(None, self.server.unplug if plugged else self.server.plug, i)))
+
+
+async def demo_ca():
+    """The demo's CA: made in memory for this run, gone when it ends (manifests say so)."""
+    from station.identity.ca import StationCA
+
+    return await asyncio.get_running_loop().run_in_executor(None, StationCA.ephemeral, "Demo station")
+
+
+def prepare_layout(station: Station, locations: list[str]) -> None:
+    """First demo run: name the emulated hub's ports A1..B4 and allow two of them for one-touch."""
+    settings = station.settings
+    changed = False
+    for key in locations:
+        changed |= settings.add_port(key)
+        station.bridge.ensure_tile(key)
+    if not settings.names:
+        settings.auto_name(settings.columns or 4)
+        settings.allowed.update(locations[:2])
+        changed = True
+    if changed:
+        settings.save()
+    station.window._layout_changed()
+    station.window.settings_page.refresh_ports()
+
+
+async def wait_for_ports(station: Station, keys: list[str], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(k in station.bridge.tiles and station.bridge.tiles[k].present for k in keys):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = True, throttle: bool = True,
+             profile: str | Path, listeners=(), autostart: bool = True, autoquit: bool | None = None,
+             screenshot: str | None = None) -> int:
+    """Open the window on `boards` emulated boards and run one batch; the window stays until closed.
+
+    autoquit (default: $STATION_DEMO_AUTOQUIT) closes the window once the batch is done (for runs under
+    xvfb-run, where nobody can close it); screenshot (default: $STATION_DEMO_SCREENSHOT) saves it first.
+    """
+    if autoquit is None:
+        autoquit = os.environ.get("STATION_DEMO_AUTOQUIT", "") not in ("", "0")
+    screenshot = screenshot or os.environ.get("STATION_DEMO_SCREENSHOT") or None
+    fleet = demo_fleet(boards, faults=faults)  # with faults, the last board vanishes mid-flash
+    prompt_index = 2 if faults and boards >= 4 else None
+    if prompt_index is not None:
+        fleet[prompt_index].faults = EspFaults(wrong_boot_mode=True)
+    registry = tempfile.TemporaryDirectory(prefix="station-sim-")
+    server = EspSimServer(fleet, registry_dir=registry.name, throttle=throttle).start()
+
+    def make() -> Station:
+        station = Station(data, [SimPortSource(Path(registry.name))], profile=profile, station_id=station_id,
+                          listeners=listeners, title_suffix=" — demo (emulated boards)")
+        station.harness = DemoHarness(station, server, prompt_index)
+        station.controller.ca_provider = demo_ca
+        station.controller.reprovision_default = True  # the same emulated boards come back every run
+        prepare_layout(station, server.locations)
+        return station
+
+    async def after_start(station: Station) -> None:
+        if not autostart:
+            return
+        if not await wait_for_ports(station, server.locations):
+            station.bridge.note("demo: the emulated boards did not show up", "error")
+        await station.controller.start_batch()
+        if autoquit:
+            while station.harness.batches_done < 1 or station.controller.busy:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)
+            if screenshot:
+                station.window.grab().save(screenshot)
+            station.window.ask = False
+            station.window.close()
+
+    try:
+        return run(make, after_start)
+    finally:
+        server.stop()
+        registry.cleanup()

@@ -1,0 +1,165 @@
+"""`make screenshots`: the window's main states, rendered to PNG from a real run on emulated boards.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python -m ui.screenshots [OUT_DIR]
+
+Everything on screen comes from the engine driving emulated boards, with one exception, said here and in the
+README: over today's `socket://`-style emulator transport esptool cannot reset a board, so the station sees a
+board with wrong boot straps only as silence and emits no OperatorPrompt. For the picture, the script hands the
+bridge the OperatorPrompt the engine sends for a wrong boot mode (station.boards.esp's own prompt text) when
+that board's first detect fails; the tile shows exactly what it shows when the engine sends it.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from station import events as ev
+from station.discovery.sim_ports import SimPortSource
+from station.sim.esp_board import EspFaults
+from station.sim.esp_server import EspSimServer
+from station.sim.fleet import demo_fleet
+from ui.app import PROFILES_DIR, Station, run
+from ui.demo import demo_ca, prepare_layout, wait_for_ports
+from ui.state import Phase
+
+PROMPT_BOARD = 2  # A3
+
+
+def boot_prompt() -> str:
+    try:
+        from station.boards.esp import BOOT_MODE_PROMPT
+        return BOOT_MODE_PROMPT
+    except ImportError:
+        return "Hold BOOT, press and release RESET, then release BOOT"
+
+
+async def until(predicate, timeout: float = 30.0, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return False
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0] if argv else "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    work = tempfile.TemporaryDirectory(prefix="station-shots-")
+    fleet = demo_fleet(8, faults=True)
+    fleet[PROMPT_BOARD].faults = EspFaults(wrong_boot_mode=True)
+    server = EspSimServer(fleet, registry_dir=Path(work.name) / "registry", throttle=True).start()
+    shots: list[str] = []
+
+    def make() -> Station:
+        import os
+        os.environ.setdefault("STATION_DEMO_WIFI_PSK", "screenshot-passphrase")
+        station = Station(Path(work.name) / "data", [SimPortSource(Path(work.name) / "registry")],
+                          profile=PROFILES_DIR / "demo-mixed.toml", operator="alice", station_id="bench-1-demo",
+                          title_suffix=" — demo (emulated boards)")
+        station.controller.ca_provider = demo_ca
+        station.controller.reprovision_default = True
+        prepare_layout(station, server.locations)
+        station.window.resize(1500, 940)
+        station.window.lot_edit.setText("LOT-2026-11-A")
+        return station
+
+    async def scenario(station: Station) -> None:
+        w, b, c = station.window, station.bridge, station.controller
+        key = server.locations[PROMPT_BOARD]
+
+        def save(name: str) -> None:
+            w.repaint()
+            path = out / f"{name}.png"
+            w.grab().save(str(path))
+            shots.append(str(path))
+            print(f"screenshot: {path}", flush=True)
+
+        def prompt_now() -> None:  # see the module docstring
+            b.handle(ev.OperatorPrompt(key, "detect", boot_prompt(), b.tiles[key].retrying or
+                                       "No answer from the board: is it powered and in download mode?"))
+
+        await wait_for_ports(station, server.locations)
+        await asyncio.sleep(0.5)
+        save("01-ready")
+        w.lot_edit.returnPressed.emit()
+        await c.start_batch()
+        await until(lambda: b.tiles[server.locations[-1]].phase is Phase.FAIL
+                    and b.tiles[key].phase is Phase.WORKING and b.tiles[key].step == "detect"
+                    and any(t.phase in (Phase.VERIFYING, Phase.PASS) for t in b.tiles.values())
+                    and any(t.phase is Phase.WORKING and t.total for t in b.tiles.values()))
+        prompt_now()  # and grab at once: the next engine event for A3 moves it on (see the docstring)
+        save("02-batch-running")
+        await until(lambda: not c.busy, 60)
+        await asyncio.sleep(0.3)
+        save("03-batch-done")
+        w.grid.select(server.locations[-1])
+        w.log_pane.show_port(server.locations[-1])
+        await asyncio.sleep(0.2)
+        save("04-failed-board-log")
+
+        # the technician reseats both failed boards and presses Retry failed
+        fleet[PROMPT_BOARD].faults = EspFaults()
+        await asyncio.get_running_loop().run_in_executor(None, server.plug, len(fleet) - 1)
+        await until(lambda: b.tiles[server.locations[-1]].present)
+        w.grid.select(None)
+        w.log_pane.show_port(None)
+        await c.retry_failed()
+        await until(lambda: not c.busy, 60)
+        await asyncio.sleep(0.3)
+        save("05-retry-all-passed")
+
+        # one-touch: A1 and A2 are allowed; the technician pulls their boards, arms, plugs a new one into A1
+        for i in (0, 1):
+            await asyncio.get_running_loop().run_in_executor(None, server.unplug, i)
+        await until(lambda: not b.tiles[server.locations[0]].present and not b.tiles[server.locations[1]].present)
+        w.one_touch.setChecked(True)
+        await until(lambda: c.mode == "one-touch")
+        await asyncio.sleep(0.5)
+        await asyncio.get_running_loop().run_in_executor(None, server.plug, 0)
+        await until(lambda: b.tiles[server.locations[0]].phase is Phase.WORKING and b.tiles[server.locations[0]].total)
+        save("06-one-touch-armed")
+        await until(lambda: b.tiles[server.locations[0]].phase is Phase.PASS, 30)
+        await asyncio.sleep(0.2)
+        save("07-one-touch-pass")
+        w.one_touch.setChecked(False)
+        await until(lambda: not c.busy)
+
+        w.tabs.setCurrentWidget(w.history)
+        await w.history.reload()
+        rows = w.history.visible_rows()
+        failed = next((r for r in rows if r.device.result == "fail"), rows[0] if rows else None)
+        if failed is not None:
+            w.history.select_device(failed.device.id)
+            await until(lambda: bool(w.history.detail_html))
+        await asyncio.sleep(0.3)
+        save("08-history")
+        passed = next((r for r in rows if r.device.result == "pass"), None)
+        if passed is not None:
+            w.history.detail_html = ""
+            w.history.select_device(passed.device.id)
+            await until(lambda: bool(w.history.detail_html))
+            await asyncio.sleep(0.2)
+            save("09-history-device")
+
+        await asyncio.get_running_loop().run_in_executor(None, station.lock.set_passphrase, "supervisor-pass")
+        station.lock.locked = True
+        w.apply_lock()
+        w.tabs.setCurrentWidget(w.settings_page)
+        await asyncio.sleep(0.5)
+        save("10-settings-locked")
+        w.ask = False
+        w.close()
+
+    try:
+        return run(make, scenario)
+    finally:
+        server.stop()
+        work.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

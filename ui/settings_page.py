@@ -1,0 +1,406 @@
+"""Settings: station CA and local cloud (not set up yet: their issues), Wi-Fi passphrase in the OS keyring,
+the supervisor lock, the hub layout and sounds. With the lock on, everything here except "Unlock" is disabled.
+
+Secrets: the Wi-Fi passphrase field only ever writes to the keyring (in the executor: the keyring may talk
+D-Bus) and is cleared right after; what is stored is never read back into the window, only whether it is
+there. The supervisor passphrase is checked and hashed in the executor too (scrypt takes ~50 ms).
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Callable
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView, QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+    QPushButton, QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from ui.bridge import EngineBridge
+from ui.controller import StationController
+from ui.lock import LockError, SupervisorLock
+from ui.sound import Sounds
+from ui.store import UiSettings
+
+
+def keyring_status(psk_keyring: str) -> str:
+    """Blocking: 'stored', 'missing', or why the keyring can't be used. Never returns the secret."""
+    import keyring
+
+    service, user = psk_keyring.split("/")
+    try:
+        return "stored" if keyring.get_password(service, user) else "missing"
+    except Exception as exc:  # noqa: BLE001 - every backend failure means "not usable here"
+        return f"unavailable: {exc}"
+
+
+def keyring_store(psk_keyring: str, psk: str) -> None:
+    import keyring
+
+    service, user = psk_keyring.split("/")
+    keyring.set_password(service, user, psk)
+
+
+class SettingsPage(QScrollArea):
+    layoutChanged = Signal()  # names, order, allow-list or columns changed
+    lockChanged = Signal()
+    unlockRequested = Signal()
+
+    def __init__(self, controller: StationController, bridge: EngineBridge, settings: UiSettings,
+                 lock: SupervisorLock, sounds: Sounds, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.controller, self.bridge, self.settings, self.lock, self.sounds = controller, bridge, settings, lock, sounds
+        # the places other issues fill in: () -> (set up?, words)
+        self.ca_status: Callable[[], tuple[bool, str]] = lambda: (
+            False, "Not set up. The station's manufacturer CA (it signs every device's IDevID certificate) "
+                   "arrives with the identity issue; until then boards get no certificate.")
+        self.cloud_status: Callable[[], tuple[bool, str]] = lambda: (
+            False, "Not set up. Registration with the local cloud (Mosquitto) arrives with its issue; until then "
+                   "no device is registered and \"pending registration\" stays 0.")
+        self.setWidgetResizable(True)
+        page = QWidget()
+        page.setObjectName("settingsPage")
+        self.setWidget(page)
+        col = QVBoxLayout(page)
+
+        # --- lock banner
+        self.lock_label = QLabel()
+        self.lock_label.setObjectName("lockBanner")
+        self.lock_label.setWordWrap(True)
+        self.unlock_button = QPushButton("Unlock…")
+        self.unlock_button.setObjectName("unlockButton")
+        self.lock_now = QPushButton("Lock now")
+        row = QHBoxLayout()
+        row.addWidget(self.lock_label, 1)
+        row.addWidget(self.unlock_button)
+        row.addWidget(self.lock_now)
+        col.addLayout(row)
+        self.unlock_button.clicked.connect(self.unlockRequested)
+        self.lock_now.clicked.connect(self.lock_station)
+
+        self.guarded: list[QWidget] = []  # everything a locked station refuses to change
+
+        # --- station CA / local cloud
+        self.ca_group, self.ca_label, self.ca_button = self._not_yet("Station CA", "Set up station CA…")
+        self.cloud_group, self.cloud_label, self.cloud_button = self._not_yet("Local cloud", "Set up local cloud…")
+        col.addWidget(self.ca_group)
+        col.addWidget(self.cloud_group)
+
+        # --- Wi-Fi passphrase
+        wifi = QGroupBox("Wi-Fi passphrase (OS keyring)")
+        form = QFormLayout(wifi)
+        self.wifi_where = QLabel()
+        self.wifi_where.setWordWrap(True)
+        self.wifi_status = QLabel()
+        self.wifi_status.setObjectName("wifiStatus")
+        self.psk_edit = QLineEdit()
+        self.psk_edit.setObjectName("pskEdit")
+        self.psk_edit.setEchoMode(QLineEdit.EchoMode.Password)
+        self.psk_edit.setPlaceholderText("type the network's passphrase (8–63 characters)")
+        self.psk_store = QPushButton("Store in keyring")
+        self.psk_store.setObjectName("pskStore")
+        form.addRow("Profile:", self.wifi_where)
+        form.addRow("Keyring:", self.wifi_status)
+        line = QHBoxLayout()
+        line.addWidget(self.psk_edit, 1)
+        line.addWidget(self.psk_store)
+        form.addRow("Set / replace:", line)
+        self.psk_store.clicked.connect(lambda: asyncio.ensure_future(self.store_psk(self.psk_edit.text())))
+        self.psk_edit.returnPressed.connect(self.psk_store.click)
+        self.guarded += [self.psk_edit, self.psk_store]
+        col.addWidget(wifi)
+
+        # --- supervisor passphrase
+        sup = QGroupBox("Supervisor lock")
+        form = QFormLayout(sup)
+        self.sup_current = QLineEdit()
+        self.sup_new = QLineEdit()
+        self.sup_repeat = QLineEdit()
+        for edit, name in ((self.sup_current, "supCurrent"), (self.sup_new, "supNew"), (self.sup_repeat, "supRepeat")):
+            edit.setEchoMode(QLineEdit.EchoMode.Password)
+            edit.setObjectName(name)
+        self.sup_set = QPushButton("Set passphrase")
+        self.sup_remove = QPushButton("Remove lock")
+        self.sup_status = QLabel()
+        self.sup_status.setWordWrap(True)
+        form.addRow(QLabel("With a passphrase set, the station starts locked: operators run batches and "
+                           "one-touch, but cannot change profiles, ports or settings."))
+        form.addRow("Current passphrase:", self.sup_current)
+        form.addRow("New passphrase:", self.sup_new)
+        form.addRow("Repeat:", self.sup_repeat)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.sup_set)
+        buttons.addWidget(self.sup_remove)
+        buttons.addStretch(1)
+        form.addRow(buttons)
+        form.addRow(self.sup_status)
+        self.sup_set.clicked.connect(lambda: asyncio.ensure_future(self.set_supervisor(
+            self.sup_new.text(), self.sup_repeat.text(), self.sup_current.text() or None)))
+        self.sup_remove.clicked.connect(lambda: asyncio.ensure_future(self.remove_supervisor(self.sup_current.text())))
+        self.guarded += [self.sup_current, self.sup_new, self.sup_repeat, self.sup_set, self.sup_remove]
+        col.addWidget(sup)
+
+        # --- ports
+        ports = QGroupBox("Hub layout")
+        box = QVBoxLayout(ports)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Columns (0 = fit the window):"))
+        self.columns = QSpinBox()
+        self.columns.setObjectName("columns")
+        self.columns.setRange(0, 12)
+        self.columns.setValue(settings.columns)
+        top.addWidget(self.columns)
+        self.auto_names = QPushButton("Name ports A1, A2… row by row")
+        top.addWidget(self.auto_names)
+        self.forget = QPushButton("Forget selected port")
+        top.addWidget(self.forget)
+        top.addStretch(1)
+        box.addLayout(top)
+        self.port_table = QTableWidget(0, 3)
+        self.port_table.setObjectName("portTable")
+        self.port_table.setHorizontalHeaderLabels(["Name", "USB location", "One-touch"])
+        self.port_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.port_table.verticalHeader().setVisible(False)
+        self.port_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.port_table.setMinimumHeight(180)
+        box.addWidget(self.port_table)
+        self.columns.valueChanged.connect(self._columns_changed)
+        self.auto_names.clicked.connect(self._auto_name)
+        self.forget.clicked.connect(self._forget)
+        self.port_table.itemChanged.connect(self._port_edited)
+        self.guarded += [self.columns, self.auto_names, self.forget, self.port_table]
+        col.addWidget(ports)
+
+        # --- sound
+        snd = QGroupBox("Sound")
+        line = QHBoxLayout(snd)
+        self.sound = QCheckBox(f"Sound on every pass and fail ({sounds.backend})")
+        self.sound.setChecked(settings.sound)
+        self.sound.toggled.connect(self._sound_toggled)
+        line.addWidget(self.sound)
+        self.guarded.append(self.sound)
+        col.addWidget(snd)
+        col.addStretch(1)
+
+        controller.profileChanged.connect(self.refresh_wifi)
+        self.refresh()
+
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        self.refresh()  # the CA may have been opened, a keyring entry stored elsewhere, …
+
+    def _not_yet(self, title: str, button: str) -> tuple[QGroupBox, QLabel, QPushButton]:
+        group = QGroupBox(title)
+        row = QHBoxLayout(group)
+        label = QLabel()
+        label.setWordWrap(True)
+        push = QPushButton(button)
+        push.setEnabled(False)
+        push.setToolTip("Arrives with its issue")
+        row.addWidget(label, 1)
+        row.addWidget(push)
+        return group, label, push
+
+    # --- state --------------------------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        self.refresh_lock()
+        for status, label in ((self.ca_status, self.ca_label), (self.cloud_status, self.cloud_label)):
+            asyncio.ensure_future(self._show_status(status, label))
+        self.refresh_ports()
+        self.refresh_wifi()
+
+    @staticmethod
+    async def _show_status(status: Callable, label: QLabel) -> None:
+        result = status()
+        ok, words = await result if inspect.isawaitable(result) else result
+        label.setText(("✔ " if ok else "⚠ NOT SET UP — ") + words)
+        label.setStyleSheet("" if ok else "color:#9a6700; font-weight:bold")
+
+    def refresh_lock(self) -> None:
+        locked = self.lock.locked
+        if not self.lock.is_set:
+            self.lock_label.setText("No supervisor passphrase: anyone at this station can change profiles and "
+                                    "settings. Set one below to lock them.")
+        elif locked:
+            self.lock_label.setText("■ LOCKED — operators run batches; profiles, ports and settings need the "
+                                    "supervisor passphrase.")
+        else:
+            self.lock_label.setText("Unlocked by the supervisor. Lock again when done.")
+        self.lock_label.setProperty("locked", locked)
+        self.lock_label.style().unpolish(self.lock_label)
+        self.lock_label.style().polish(self.lock_label)
+        self.unlock_button.setVisible(locked)
+        self.lock_now.setVisible(self.lock.is_set and not locked)
+        for widget in self.guarded:
+            widget.setEnabled(not locked)
+        self.sup_current.setEnabled(not locked and self.lock.is_set)
+        self.sup_remove.setEnabled(not locked and self.lock.is_set)
+        self.sup_set.setText("Change passphrase" if self.lock.is_set else "Set passphrase")
+
+    def refresh_ports(self) -> None:
+        self.port_table.blockSignals(True)
+        self.port_table.setRowCount(len(self.settings.order))
+        for r, key in enumerate(self.settings.order):
+            name = QTableWidgetItem(self.settings.names.get(key, ""))
+            name.setData(Qt.ItemDataRole.UserRole, key)
+            loc = QTableWidgetItem(key)
+            loc.setFlags(loc.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            allow = QTableWidgetItem("allowed" if key in self.settings.allowed else "")
+            allow.setFlags((allow.flags() | Qt.ItemFlag.ItemIsUserCheckable) & ~Qt.ItemFlag.ItemIsEditable)
+            allow.setCheckState(Qt.CheckState.Checked if key in self.settings.allowed else Qt.CheckState.Unchecked)
+            for c, item in enumerate((name, loc, allow)):
+                self.port_table.setItem(r, c, item)
+        self.port_table.blockSignals(False)
+
+    def refresh_wifi(self) -> None:
+        profile = self.controller.profile
+        self.psk_edit.clear()
+        if profile is None or profile.wifi is None:
+            self.wifi_where.setText("The current profile writes no Wi-Fi credentials." if profile else
+                                    "No profile loaded.")
+            self.wifi_status.setText("")
+            self._wifi_key = None
+        else:
+            w = profile.wifi
+            where = []
+            if w.psk_env:
+                where.append(f"environment variable {w.psk_env} (read first)")
+            if w.psk_keyring:
+                where.append(f"keyring entry {w.psk_keyring}")
+            self.wifi_where.setText(f"{profile.name}: network '{w.ssid}'; passphrase from " + " then ".join(where))
+            self._wifi_key = w.psk_keyring
+            if w.psk_keyring:
+                self.wifi_status.setText("checking…")
+                asyncio.ensure_future(self._check_keyring(w.psk_keyring))
+            else:
+                self.wifi_status.setText("This profile names no keyring entry: add psk_keyring = \"service/user\" "
+                                         "under [wifi] to keep the passphrase in the OS keyring.")
+        can = bool(self._wifi_key) and not self.lock.locked
+        self.psk_edit.setEnabled(can)
+        self.psk_store.setEnabled(can)
+
+    async def _check_keyring(self, entry: str) -> None:
+        status = await asyncio.get_running_loop().run_in_executor(None, keyring_status, entry)
+        if entry != self._wifi_key:
+            return
+        self.wifi_status.setText({"stored": "✔ stored (hidden; it is never shown here)",
+                                  "missing": "⚠ not stored yet"}.get(status, f"⚠ OS keyring {status}"))
+
+    # --- actions ------------------------------------------------------------------------------------------------
+
+    async def store_psk(self, psk: str) -> bool:
+        from station.payloads import PayloadError
+        from station.payloads.nvs import validate_wifi
+
+        self.psk_edit.clear()
+        profile = self.controller.profile
+        if self.lock.locked or profile is None or profile.wifi is None or not profile.wifi.psk_keyring:
+            return False
+        try:
+            validate_wifi(profile.wifi.ssid, psk)  # its message never echoes the passphrase
+        except PayloadError as exc:
+            self.wifi_status.setText(f"⚠ not stored: {exc}")
+            return False
+        entry = profile.wifi.psk_keyring
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, keyring_store, entry, psk)
+        except Exception as exc:  # noqa: BLE001 - shown to the person who tried
+            self.wifi_status.setText(f"⚠ not stored: the OS keyring refused ({exc})")
+            return False
+        self.bridge.note(f"Wi-Fi passphrase for '{profile.wifi.ssid}' stored in keyring entry {entry}")
+        await self._check_keyring(entry)
+        return True
+
+    async def set_supervisor(self, new: str, repeat: str, current: str | None) -> bool:
+        for edit in (self.sup_current, self.sup_new, self.sup_repeat):
+            edit.clear()
+        if self.lock.locked:
+            return False
+        if new != repeat:
+            self.sup_status.setText("⚠ The two new passphrases differ; type them again.")
+            return False
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.lock.set_passphrase, new, current)
+        except LockError as exc:
+            self.sup_status.setText(f"⚠ {exc}")
+            return False
+        self.sup_status.setText("✔ Supervisor passphrase set. The station locks when you press \"Lock now\" and "
+                                "at every start.")
+        self.bridge.note("supervisor passphrase set")
+        self.refresh_lock()
+        self.lockChanged.emit()
+        return True
+
+    async def remove_supervisor(self, current: str) -> bool:
+        self.sup_current.clear()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.lock.remove, current)
+        except LockError as exc:
+            self.sup_status.setText(f"⚠ {exc}")
+            return False
+        self.sup_status.setText("Lock removed: anyone can change settings.")
+        self.bridge.note("supervisor lock removed")
+        self.refresh_lock()
+        self.lockChanged.emit()
+        return True
+
+    def lock_station(self) -> None:
+        if self.lock.is_set:
+            self.lock.locked = True
+            self.bridge.note("station locked")
+            self.refresh()
+            self.lockChanged.emit()
+
+    def _columns_changed(self, value: int) -> None:
+        if self.lock.locked:
+            return
+        self.settings.columns = value
+        self.settings.save()
+        self.layoutChanged.emit()
+
+    def _auto_name(self) -> None:
+        if self.lock.locked:
+            return
+        cols = self.settings.columns or 4
+        self.settings.auto_name(cols)
+        self.settings.save()
+        self.refresh_ports()
+        self.layoutChanged.emit()
+
+    def _forget(self) -> None:
+        row = self.port_table.currentRow()
+        if self.lock.locked or row < 0:
+            return
+        key = self.port_table.item(row, 1).text()
+        tile = self.bridge.tiles.get(key)
+        if tile is not None and tile.present:
+            self.bridge.note(f"{self.settings.name(key)} has a board in it; unplug it before forgetting the port",
+                             "warning")
+            return
+        self.settings.forget(key)
+        self.bridge.tiles.pop(key, None)
+        self.settings.save()
+        self.refresh_ports()
+        self.layoutChanged.emit()
+
+    def _port_edited(self, item: QTableWidgetItem) -> None:
+        if self.lock.locked:
+            self.refresh_ports()
+            return
+        key = self.port_table.item(item.row(), 1).text() if self.port_table.item(item.row(), 1) else None
+        if key is None:
+            return
+        if item.column() == 0:
+            self.settings.rename(key, item.text())
+        elif item.column() == 2:
+            self.settings.set_allowed(key, item.checkState() == Qt.CheckState.Checked)
+        self.settings.save()
+        self.layoutChanged.emit()
+
+    def _sound_toggled(self, on: bool) -> None:
+        if self.lock.locked:
+            return
+        self.settings.sound = self.sounds.enabled = on
+        self.settings.save()
