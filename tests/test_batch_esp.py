@@ -170,3 +170,39 @@ def test_wrong_chip_is_refused_before_writing(bench, tmp_path):
     assert boards[0].flash.read(0, 0x20000) == before
 
 
+def test_board_in_the_wrong_boot_mode_prompts_and_continues_after_replug(profile, bench, tmp_path):
+    boards = demo_fleet(2)
+    boards[0].faults = EspFaults(wrong_boot_mode=True)
+    server = bench(boards)
+    prompts = []
+
+    def operator(e):  # a technician who does what the tile says (the station sees the board go, then come back)
+        if isinstance(e, ev.OperatorPrompt):
+            prompts.append(e)
+            server.unplug(0)
+        elif isinstance(e, ev.PortGone) and e.key == server.locations[0]:
+            boards[0].faults = EspFaults()
+            server.plug(0)
+
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"), operator)
+    assert [(p.key, p.prompt) for p in prompts] == [(server.locations[0],
+                                                     "Hold BOOT, press and release RESET, then release BOOT")]
+    assert "download mode" in prompts[0].reason
+    assert summary.failed == {} and sorted(summary.passed) == sorted(server.locations)
+    app = profile.firmware["ESP32"].images[-1]
+    assert boards[0].flash.read(app.offset, len(app.data)) == app.data
+
+
+def test_prompt_nobody_acts_on_fails_the_board(profile, bench, tmp_path):
+    boards = demo_fleet(1)
+    boards[0].faults = EspFaults(wrong_boot_mode=True)
+    bench(boards)
+    engine = Engine(profile, Discovery([SimPortSource(tmp_path / "registry")]), Journal(tmp_path / "j.sqlite3"),
+                    operator="t", station_id="s", psk=PSK, ca=CA)
+    engine.prompt_timeout = 0.3
+    try:
+        summary = asyncio.run(engine.run_batch())
+    finally:
+        engine.close()
+    (reason,) = summary.failed.values()
+    assert "nobody acted on \"Hold BOOT" in reason

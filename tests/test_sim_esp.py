@@ -72,7 +72,7 @@ def write_file(tmp_path, data: bytes, name: str = "image.bin") -> str:
 
 
 def host_port(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("socket://").rsplit(":", 1)
+    host, port = url.split("://", 1)[-1].rsplit(":", 1)  # socket:// or espsim://: the same TCP port
     return host, int(port)
 
 
@@ -405,7 +405,7 @@ def test_unplug_after_bytes_vanishes_mid_write_and_plug_brings_it_back(esptool, 
         assert board.read_flash(ADDRESS, len(data)) != data
 
         server.plug(0)
-        assert entry.exists() and json.loads(entry.read_text())["url"] == server.urls[0]
+        assert entry.exists() and json.loads(entry.read_text())["url"] == server.station_urls[0]
         retry = esptool(server.urls[0], "write-flash", hex(ADDRESS), write_file(tmp_path, data))
     assert retry.returncode == 0, retry.output  # the fault is one-shot: a re-plugged board behaves
     assert board.read_flash(ADDRESS, len(data)) == data
@@ -424,8 +424,9 @@ def test_registry_files_describe_ports_without_naming_chips(tmp_path):
         entries = {p.stem: json.loads(p.read_text()) for p in registry.iterdir()}
         for entry in entries.values():
             assert set(entry) == {"location", "url", "vid", "pid", "serial", "description", "manufacturer"}
-        assert [entries[f"sim-1.{n}"]["url"] for n in (1, 2, 3)] == first.urls
-        assert entries["sim-2.1"]["url"] == second.urls[0]
+        assert [entries[f"sim-1.{n}"]["url"] for n in (1, 2, 3)] == first.station_urls  # espsim://
+        assert [url.replace("espsim://", "socket://") for url in first.station_urls] == first.urls  # one TCP port
+        assert entries["sim-2.1"]["url"] == second.station_urls[0]
         cp2102, jtag, ch340 = (entries[f"sim-1.{n}"] for n in (1, 2, 3))
         assert (cp2102["vid"], cp2102["pid"]) == (0x10C4, 0xEA60) and re.fullmatch("[0-9a-f]{32}", cp2102["serial"])
         assert (jtag["vid"], jtag["pid"], jtag["serial"]) == (0x303A, 0x1001, "30:AE:A4:00:00:02")

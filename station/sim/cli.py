@@ -78,7 +78,11 @@ def sim() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log protocol events to stderr.")
 def esp(chips, count, tcp, use_pty, baud_throttle, registry, flash_size, fault_specs, location_prefix, seed,
         verbose) -> None:
-    """Serve COUNT emulated ESP boards that the stock esptool accepts (socket:// URLs or ptys)."""
+    """Serve COUNT emulated ESP boards that the stock esptool accepts (socket:// URLs or ptys).
+
+    Each TCP board also answers espsim:// on the same port (serial plus DTR/RTS, for the station: its
+    resets reach the board's auto-reset circuit); the registry files carry those URLs.
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -95,8 +99,11 @@ def esp(chips, count, tcp, use_pty, baud_throttle, registry, flash_size, fault_s
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
-        for location, board, url in zip(server.locations, server.boards, server.urls):
-            click.echo(f"ready {location} {board.chip.name} {url} mac={board.mac_text}")
+        for location, board, url, station_url in zip(server.locations, server.boards, server.urls,
+                                                     server.station_urls):
+            # the url for the stock esptool CLI first (socket://, unframed), then what the station opens
+            # (espsim://, the same TCP port with DTR/RTS) and what the registry files advertise
+            click.echo(f"ready {location} {board.chip.name} {url} station={station_url} mac={board.mac_text}")
         click.get_text_stream("stdout").flush()
         while not stop.wait(0.5):
             pass

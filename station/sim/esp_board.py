@@ -3,11 +3,16 @@
 Byte flow: a transport (esp_server) hands received bytes to `EspBoard.receive`, which passes them to the current
 *mode* object; modes answer through `EspBoard.send`. Modes are swapped as the chip would change state:
 
-    power-on reset -> RomLoader --MEM_END(entry in uploaded RAM)--> StubLoader
+    reset with IO0 low -> RomLoader --MEM_END(entry in uploaded RAM)--> StubLoader
     RomLoader/StubLoader --FLASH_END(run user code) / RUN_USER_CODE--> app mode (`EspBoard.app_mode_factory`)
+    reset with IO0 high (SPI boot) -> ROM boot log -> bootloader in flash? -> app mode, else "invalid header"
 
-The app mode is the seam for a later application-protocol emulator: whatever `app_mode_factory` returns receives
-the byte stream after the app boots. Stub code is never executed; uploading it only switches behaviour.
+Resets come from the dev board's auto-reset circuit (`EspBoard.set_lines`: the USB bridge's DTR/RTS drive EN
+and IO0 through two transistors) when the transport carries modem lines (espsim://), and from the connection
+itself on transports that cannot (socket://, pty: `EspBoard.reset`, always into download mode).
+
+The app mode is what the flashed firmware does after boot (`EspBoard.app_mode_factory`).
+Stub code is never executed; uploading it only switches behaviour.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ from station.sim.esp_chips import (
 log = logging.getLogger(__name__)
 
 ROM_BAUD = 115200
+# EN's RC (10 kΩ with 0.1-1 µF on dev boards) rises past the reset threshold 1-15 ms after the bridge lets go;
+# modelled at 20 ms, so a ClassicReset whose thread is preempted between its two writes still works, and
+# well under esptool's 50 ms before it lets IO0 go again.
+EN_RISE_S = 0.02
 SECTOR = 0x1000
 SYNC_PAYLOAD = b"\x07\x07\x12\x20" + b"\x55" * 32
 ROM_SYNC_VALUE = 0x20120707  # the ROM echoes the first sync word; a stub answers 0
@@ -135,12 +144,20 @@ class EspFaults:
     """Misbehaviours a station must cope with. All off by default."""
 
     no_sync: bool = False  # download mode, but the ROM never answers (TX path down)
-    wrong_boot_mode: bool = False  # straps wrong: boot log says SPI_FAST_FLASH_BOOT, then silence
+    # IO0 never goes low (broken auto-reset circuit, stuck strap): every reset boots from SPI flash, so the
+    # boot log says SPI_FAST_FLASH_BOOT and the ROM loader never listens (socket://: silence after the log)
+    wrong_boot_mode: bool = False
     bad_md5: bool = False  # SPI_FLASH_MD5 and READ_FLASH digests are wrong
     flash_write_error: bool = False  # FLASH_DATA / FLASH_DEFL_DATA answer a flash write error
     unplug_after_bytes: int | None = None  # vanish after this many flash-data payload bytes (one-shot)
+    # the on-board identity agent (station.sim.agent), when the flashed app runs one
+    agent_garbage: bool = False  # answers every request with bytes that are not agent frames
+    agent_silent: bool = False  # the app declares the agent, but it never answers
+    agent_bad_crc: bool = False  # every answer frame carries a wrong CRC-32
+    agent_commit_refused: bool = False  # COMMIT fails: the secure-storage write is refused
 
-    KINDS = ("no_sync", "wrong_boot_mode", "bad_md5", "flash_write_error", "unplug_after_bytes")
+    KINDS = ("no_sync", "wrong_boot_mode", "bad_md5", "flash_write_error", "unplug_after_bytes",
+             "agent_garbage", "agent_silent", "agent_bad_crc", "agent_commit_refused")
 
     def with_fault(self, kind: str, arg: str | None = None) -> "EspFaults":
         """`kind[=arg]` as given on the command line, e.g. ("unplug_after_bytes", "65536")."""
@@ -174,7 +191,7 @@ class DeafMode:
 
 
 class IdleAppMode:
-    """Placeholder app: swallows input. Replace via `EspBoard.app_mode_factory` to emulate firmware."""
+    """An app that ignores its UART: swallows input. `EspBoard.app_mode_factory` picks what the app does."""
 
     def __init__(self, board: "EspBoard"):
         self.board = board
@@ -701,6 +718,13 @@ class EspBoard:
         self.boot_count = 0
         self._boot_changed = threading.Condition()
         self.flash_bytes_received = 0
+        self.identity = None  # the firmware's secure storage: the identity agent's key and certificates
+        # the auto-reset circuit: DTR/RTS as the USB bridge drives them (True = asserted), in host time
+        self.dtr = self.rts = False
+        self.powered = True  # the server powers boards off while they are unplugged
+        self.in_reset = False  # EN is (or was, and has not yet risen past the threshold) held low
+        self._released_at: float | None = None  # host time EN was let go; the straps are sampled EN_RISE_S later
+        self._lines_at = 0.0
         self._send: Callable[[bytes], None] | None = None
         self._power_on_registers = self.chip.registers(self.mac)
         self._spi_answers = {0x9F: rdid_bytes(self.flash.size), 0x05: b"\x00", 0x35: b"\x00", 0x15: b"\x00",
@@ -736,18 +760,123 @@ class EspBoard:
     # chip state
 
     def reset(self) -> None:
-        """Power-on / EN reset with the download straps held: fresh ROM loader, 115200 baud. Flash is kept."""
-        self.baud = ROM_BAUD
-        self.registers = dict(self._power_on_registers)
-        self.ram_segments: list[RamSegment] = []
-        self.booted_app = False
+        """EN reset as a transport without modem lines implies it (socket://, pty: the connection is the pulse):
+        IO0 held low, fresh ROM loader, 115200 baud, no boot log. Flash is kept."""
+        self._reset_chip_state()
         if self.faults.wrong_boot_mode:
-            self.send(self.chip.boot_log_wrong_mode)
+            self.send(self.chip.boot_log_spi)
             self.mode: BoardMode = DeafMode(self)
         elif self.faults.no_sync:
             self.mode = DeafMode(self)
         else:
             self.mode = RomLoader(self)
+
+    def _reset_chip_state(self) -> None:
+        self.baud = ROM_BAUD
+        self.registers = dict(self._power_on_registers)
+        self.ram_segments: list[RamSegment] = []
+        self.booted_app = False
+
+    def power_off(self) -> None:
+        """Unplugged: the chip stops (RAM state, a running stub, the app); flash and `identity` are kept."""
+        self.powered = False
+        self._released_at = None
+        self.mode = DeafMode(self)
+
+    def power_on(self) -> None:
+        """USB power comes on with nobody holding DTR/RTS: EN and IO0 are pulled high, so the chip boots from flash."""
+        self.powered = True
+        self.dtr = self.rts = False
+        self.in_reset = False
+        self._released_at = None
+        self.boot(download=False)
+
+    def boot(self, download: bool) -> None:
+        """The chip leaves reset. IO0 low: ROM download mode and its boot log; high: SPI boot into the firmware."""
+        self._reset_chip_state()
+        if download:
+            self.send(self.chip.boot_log_download)
+            self.mode = DeafMode(self) if self.faults.no_sync else RomLoader(self)
+            log.info("%s: reset into download mode", self.name)
+        else:
+            self.send(self.chip.boot_log_spi)
+            self._boot_from_flash()
+
+    def _boot_from_flash(self) -> None:
+        head = self.flash.read(self.chip.bootloader_offset, 4)
+        if head[0] != 0xE9:  # the ROM finds no bootloader image (erased flash reads FF)
+            self.send(f"invalid header: 0x{int.from_bytes(head, 'little'):08x}\r\n".encode())
+            self.mode = DeafMode(self)
+            return
+        app = self.app_partition()
+        if app is not None and self.flash.read(app[0], 1) != b"\xe9":
+            self.send(b"E (58) boot: No bootable app partitions in the partition table\r\n")
+            self.mode = DeafMode(self)
+            return
+        where = f" at offset 0x{app[0]:x}" if app else ""
+        self.send(b"I (29) boot: 2nd stage bootloader\r\n" + f"I (63) boot: Loaded app from partition{where}\r\n".encode())
+        self.on_app_boot()
+
+    def app_partition(self) -> tuple[int, int] | None:
+        """(offset, size) of the app the bootloader boots: factory, else ota_0, else the first app partition of
+        the partition table at 0x8000 (otadata is not consulted). None without a valid table."""
+        from station.payloads import PayloadError
+        from station.payloads.partition_table import (
+            SUBTYPE_APP_FACTORY, SUBTYPE_APP_OTA_0, TABLE_MAX_LENGTH, TABLE_OFFSET, TYPE_APP, parse_partition_table,
+        )
+
+        try:
+            parts = parse_partition_table(self.flash.read(TABLE_OFFSET, TABLE_MAX_LENGTH))
+        except (PayloadError, FlashRangeError):
+            return None
+        apps = [p for p in parts if p.type == TYPE_APP and p.offset < self.flash.size]
+        for wanted in (SUBTYPE_APP_FACTORY, SUBTYPE_APP_OTA_0):
+            for part in apps:
+                if part.subtype == wanted:
+                    return part.offset, min(part.size, self.flash.size - part.offset)
+        return (apps[0].offset, min(apps[0].size, self.flash.size - apps[0].offset)) if apps else None
+
+    # the auto-reset circuit of the dev board (two transistors between the USB bridge and the chip)
+
+    def set_lines(self, dtr: bool, rts: bool, at: float) -> None:
+        """The bridge's DTR/RTS changed at host time `at` (seconds).
+
+        EN is pulled low while RTS∧¬DTR: the chip is held in reset and silent. When EN is let go it rises through
+        the board's RC, and the chip samples IO0 (low while DTR∧¬RTS) `EN_RISE_S` later: low boots the ROM
+        download mode, high boots from flash. esptool's ClassicReset passes through DTR=RTS=1 (EN released, IO0
+        high) for the microseconds between its two writes; the RC delay is what makes that harmless, as on a
+        real board. The `wrong_boot_mode` fault keeps IO0 high (a broken circuit or a stuck strap).
+        """
+        if not self.powered:
+            return
+        self.settle(at)
+        self.dtr, self.rts, self._lines_at = dtr, rts, at
+        if rts and not dtr:  # EN low
+            if not self.in_reset:
+                self.in_reset = True
+                self.booted_app = False
+                self.mode = DeafMode(self)
+                log.debug("%s: held in reset", self.name)
+            self._released_at = None
+        elif self.in_reset and self._released_at is None:
+            self._released_at = at
+
+    def settle(self, at: float) -> None:
+        """Host time has reached `at`: a released EN that has risen by then starts the chip."""
+        if self.powered and self._released_at is not None and at >= self._released_at + EN_RISE_S:
+            self._released_at = None
+            self.in_reset = False
+            self.boot(download=self.dtr and not self.rts and not self.faults.wrong_boot_mode)
+
+    @property
+    def strap_sample_due(self) -> float | None:
+        """Host time at which a released EN will have risen (the chip starts then), or None."""
+        return None if self._released_at is None else self._released_at + EN_RISE_S
+
+    def drop_lines(self) -> None:
+        """The host closed the port: DTR and RTS fall (EN, if held, is let go); what that starts happens now."""
+        self.set_lines(False, False, self._lines_at)
+        self.settle(float("inf"))
 
     def on_app_boot(self) -> None:
         """The loader handed control to the application in flash. Records it and gives the stream to the app."""

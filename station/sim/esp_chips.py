@@ -49,9 +49,10 @@ class ChipFacts:
     uart_clkdiv_reg: int
     uart_clock_hz: int  # clock the UART divider divides; esptool derives the crystal from it
     mac_oui: tuple[int, int, int]
-    boot_log_wrong_mode: bytes
-    boot_log_download: bytes
+    boot_log_spi: bytes  # the ROM's boot log when IO0 is high at reset: boot from SPI flash
+    boot_log_download: bytes  # ... and when IO0 is low: the serial download mode
     extra_registers: dict[int, int] = field(default_factory=dict)
+    bootloader_offset: int = 0x0  # where the ROM loads the second-stage bootloader from (ESP32: 0x1000)
 
     def clkdiv_for(self, baud: int) -> int:
         return max(1, round(self.uart_clock_hz / baud))
@@ -141,13 +142,14 @@ ESP32 = ChipFacts(
     uart_clkdiv_reg=0x3FF40014,
     uart_clock_hz=40_000_000,  # APB runs from the 40 MHz crystal in download mode
     mac_oui=(0x24, 0x0A, 0xC4),
-    boot_log_wrong_mode=b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n",
+    boot_log_spi=b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n",
     boot_log_download=(b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x3 "
                        b"(DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"),
     extra_registers={
         0x3FF6607C: (1 << 31) | 0x16042000,  # APB_CTL_DATE: bit 31 is revision bit 2 (-> v3.0)
         0x3FF5F06C: ESP32_RTC_CALI_VALUE << 7,  # RTCCALICFG1
     },
+    bootloader_offset=0x1000,
 )
 
 ESP32C3 = ChipFacts(
@@ -166,7 +168,7 @@ ESP32C3 = ChipFacts(
     uart_clkdiv_reg=0x60000014,
     uart_clock_hz=40_000_000,
     mac_oui=(0x30, 0xAE, 0xA4),
-    boot_log_wrong_mode=(b"ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n"
+    boot_log_spi=(b"ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n"
                          b"rst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)\r\n"),
     boot_log_download=(b"ESP-ROM:esp32c3-api1-20210207\r\nBuild:Feb  7 2021\r\n"
                        b"rst:0x1 (POWERON),boot:0x4 (DOWNLOAD(USB/UART0/1))\r\nwaiting for download\r\n"),
@@ -188,7 +190,7 @@ ESP8266 = ChipFacts(
     uart_clkdiv_reg=0x60000014,
     uart_clock_hz=52_000_000,  # 2 x 26 MHz crystal; esptool divides by XTAL_CLK_DIVIDER=2
     mac_oui=(0x5C, 0xCF, 0x7F),
-    boot_log_wrong_mode=b"\r\n ets Jan  8 2013,rst cause:1, boot mode:(3,6)\r\n\r\n",
+    boot_log_spi=b"\r\n ets Jan  8 2013,rst cause:1, boot mode:(3,6)\r\n\r\n",
     boot_log_download=b"\r\n ets Jan  8 2013,rst cause:1, boot mode:(1,6)\r\n\r\n",
 )
 

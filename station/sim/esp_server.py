@@ -1,12 +1,20 @@
 """Serves emulated ESP boards the way a USB hub presents real ones: one serial endpoint per board, discoverable.
 
-Each board gets a TCP listener (`socket://127.0.0.1:<port>`) or a pty (`/dev/pts/N`). A *new connection is a
-reset into download mode*: esptool cannot toggle EN/IO0 over socket://, so opening the port stands in for the
-auto-reset circuit; the flasher stub therefore never survives a reconnect, and flash contents always do. On a pty
-the same happens when the first bytes arrive after every opener had closed the slave.
+Each board gets a TCP listener or a pty (`/dev/pts/N`). Plugging a board in powers it up: with DTR/RTS released
+it boots whatever is in its flash. The TCP port speaks two ways, told apart by the first bytes the client sends:
+
+- `espsim://127.0.0.1:<port>` (station.sim.protocol_espsim, what the station opens): framed serial bytes plus
+  DTR/RTS. The lines drive the board's auto-reset circuit (`EspBoard.set_lines`), so esptool's reset sequences
+  really reset it: into download mode with the ROM's boot log, or into the app in flash. Opening does not reset
+  the board (DTR and RTS asserted together leave EN high); closing releases both lines.
+- `socket://127.0.0.1:<port>` (any other first byte, or silence for `SNIFF_S`; what the stock esptool CLI opens):
+  raw bytes, and a *new connection is a reset into download mode*, since socket:// cannot toggle EN/IO0. The
+  flasher stub therefore never survives a reconnect; flash contents always do. On a pty the same happens when
+  the first bytes arrive after every opener had closed the slave.
 
 While a board is plugged, `<registry_dir>/<location>.json` describes it like `list_ports` describes a real port
-(location, url, USB VID/PID of the bridge, serial, description, manufacturer) and never names the chip.
+(location, url, USB VID/PID of the bridge, serial, description, manufacturer) and never names the chip; the url
+is the espsim:// one for TCP boards.
 """
 from __future__ import annotations
 
@@ -27,8 +35,14 @@ from pathlib import Path
 from typing import Sequence
 
 from station.sim.esp_board import EspBoard
+from station.sim.protocol_espsim import (
+    DTR_BIT, KIND_DATA, KIND_LINES, KIND_SYNC, LINES, PREAMBLE, RTS_BIT, SYNC, SYNC_ECHO, FrameDecoder, encode_data,
+    encode_frame,
+)
 
 log = logging.getLogger(__name__)
+
+SNIFF_S = 0.25  # a TCP client that has said nothing by then is a socket:// client that reads first
 
 BITS_PER_BYTE = 10  # start + 8 data + stop
 PACE_SLICE_S = 0.004  # throttled traffic moves in ~4 ms slices so the host sees bytes trickle in
@@ -167,16 +181,53 @@ class _Line:
 
 
 class _TcpLine(_Line):
+    """One TCP connection: espsim:// (framed, with DTR/RTS) or socket:// (raw; the connection is the reset)."""
+
     def __init__(self, board: EspBoard, sock: socket.socket, throttle: bool, name: str):
         super().__init__(board, throttle, name)
         self.sock = sock
+        self.framed = False
+        self._send_lock = threading.Lock()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def run(self) -> None:
+        framed, first, eof = self._sniff()
+        if framed:
+            self._run_framed(first)
+        else:
+            self._run_raw(first, eof)
+
+    def _sniff(self) -> tuple[bool, bytes, bool]:
+        """(espsim?, bytes after the preamble or everything received, peer already gone)."""
+        got = b""
+        deadline = time.monotonic() + SNIFF_S
+        while len(got) < len(PREAMBLE) and PREAMBLE.startswith(got) and not self.closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                ready, _, _ = select.select([self.sock], [], [], left)
+                if not ready:
+                    break
+                chunk = self.sock.recv(1 << 16)
+            except (OSError, ValueError):
+                return False, got, True
+            if not chunk:
+                return False, got, True
+            got += chunk
+        if got.startswith(PREAMBLE):
+            return True, got[len(PREAMBLE):], False
+        return False, got, False
+
+    # socket://: unframed, the connection is the reset pulse
+
+    def _run_raw(self, first: bytes, eof: bool) -> None:
         self.board.attach(self.write)
-        self.board.reset()  # the connection is the reset pulse: fresh ROM loader in download mode
+        self.board.reset()  # fresh ROM loader in download mode
         try:
-            while not self.closing:
+            if first:
+                self.deliver(first)
+            while not self.closing and not eof:
                 try:
                     data = self.sock.recv(self.read_chunk())
                 except OSError:
@@ -187,8 +238,87 @@ class _TcpLine(_Line):
         finally:
             self.board.detach(self.write)
 
+    # espsim://: framed, DTR/RTS drive the auto-reset circuit
+
+    def _run_framed(self, first: bytes) -> None:
+        self.framed = True
+        self._send_frame(PREAMBLE)
+        self.board.attach(self.write)  # no reset: the chip goes on doing whatever it was doing
+        decoder = FrameDecoder()
+        self._waiting_syncs: list[int] = []
+        self._clock_offset = 0.0  # our monotonic clock minus the host's, from the last stamped frame
+        try:
+            self._handle(decoder.feed(first))
+            while not self.closing:
+                due = self.board.strap_sample_due
+                try:
+                    if due is not None:
+                        timeout = max(0.0, due + self._clock_offset - time.monotonic())
+                        ready, _, _ = select.select([self.sock], [], [], timeout)
+                        if not ready:
+                            self.board.settle(due)  # EN has risen: the chip starts now
+                            self._answer_syncs()
+                            continue
+                    data = self.sock.recv(self.read_chunk())
+                except (OSError, ValueError):
+                    break
+                if not data:
+                    break
+                self._handle(decoder.feed(data))
+        finally:
+            self.board.detach(self.write)
+            self.board.drop_lines()  # a closed port releases DTR and RTS
+
+    def _handle(self, frames: list[tuple[int, bytes]]) -> None:
+        for kind, payload in frames:
+            if self.closing:
+                return
+            if kind == KIND_DATA:
+                self._deliver_paced(payload)
+            elif kind == KIND_LINES and len(payload) == LINES.size:
+                bits, host_us = LINES.unpack(payload)
+                at = self._host_time(host_us)
+                self.board.set_lines(bool(bits & DTR_BIT), bool(bits & RTS_BIT), at)
+            elif kind == KIND_SYNC and len(payload) == SYNC.size:
+                token, host_us = SYNC.unpack(payload)
+                self.board.settle(self._host_time(host_us))
+                self._waiting_syncs.append(token)
+            # anything else: a later protocol version; ignored
+            self._answer_syncs()
+
+    def _host_time(self, host_us: int) -> float:
+        at = host_us / 1e6
+        self._clock_offset = time.monotonic() - at
+        return at
+
+    def _answer_syncs(self) -> None:
+        """Echo SYNC tokens once nothing the host did before them is still pending (EN still rising)."""
+        if self.board.strap_sample_due is not None:
+            return
+        while self._waiting_syncs:
+            self._send_frame(encode_frame(KIND_SYNC, SYNC_ECHO.pack(self._waiting_syncs.pop(0))))
+
+    def _deliver_paced(self, payload: bytes) -> None:
+        if not self.throttle:
+            self.deliver(payload)
+            return
+        i = 0
+        while i < len(payload) and not self.closing:
+            step = LinePacer.slice_bytes(self.board.baud)
+            self.deliver(payload[i:i + step])
+            i += step
+
+    def _send_frame(self, frame: bytes) -> None:
+        try:
+            with self._send_lock:
+                self.sock.sendall(frame)
+        except OSError as e:
+            log.debug("%s: write failed: %s", self.board.name, e)
+            self.hang_up()
+
     def write_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        with self._send_lock:
+            self.sock.sendall(encode_data(data) if self.framed else data)
 
     def abort(self) -> None:
         """Drop the line at once, as a yanked cable would: no goodbye, pending data discarded."""
@@ -306,7 +436,8 @@ class _Slot:
         self.board = board
         self.location = f"{server.location_prefix}.{index + 1}"
         self.port = port  # wanted TCP port (0 = any); after plugging, the bound one
-        self.url: str | None = None
+        self.url: str | None = None  # for the stock esptool CLI: socket:// (TCP) or the pty path
+        self.station_url: str | None = None  # what the registry advertises: espsim:// (TCP) or the pty path
         self.plugged = False
         self.listener: socket.socket | None = None
         self.accept_thread: threading.Thread | None = None
@@ -322,17 +453,19 @@ class _Slot:
                 return
             if self.server.transport == "pty":
                 line = _PtyLine(self.board, self.server.throttle, f"sim-pty-{self.location}")
-                self.line, self.url = line, line.path
+                self.line, self.url, self.station_url = line, line.path, line.path
                 line.start()
             else:
                 self.listener = self._listen()
                 self.port = self.listener.getsockname()[1]
                 self.url = f"socket://{self.server.host}:{self.port}"
+                self.station_url = f"espsim://{self.server.host}:{self.port}"
                 self.accept_thread = threading.Thread(target=self._accept_loop, args=(self.listener,),
                                                       name=f"sim-accept-{self.location}", daemon=True)
                 self.accept_thread.start()
             self.plugged = True
             self.board.flash_bytes_received = 0
+            self.board.power_on()  # USB power: with DTR/RTS released the chip boots from flash
             self.server._publish(self)
 
     def _listen(self) -> socket.socket:
@@ -387,6 +520,7 @@ class _Slot:
                 return
             self.plugged = False
             self.server._withdraw(self)
+            self.board.power_off()  # before the line goes: a dying line's released DTR/RTS must not boot it
             listener, self.listener = self.listener, None
             line, self.line = self.line, None
             accept_thread, self.accept_thread = self.accept_thread, None
@@ -454,6 +588,14 @@ class EspSimServer:
     def url(self, index: int) -> str | None:
         return self.urls[index]
 
+    @property
+    def station_urls(self) -> list[str | None]:
+        """What the station opens, per board (espsim:// for TCP: serial plus DTR/RTS); None while unplugged."""
+        return [slot.station_url if slot.plugged else None for slot in self._slots]
+
+    def station_url(self, index: int) -> str | None:
+        return self.station_urls[index]
+
     def is_plugged(self, index: int) -> bool:
         return self._slots[index].plugged
 
@@ -474,7 +616,7 @@ class EspSimServer:
 
     def _publish(self, slot: _Slot) -> None:
         if self.registry_dir is not None:
-            write_registry_file(self.registry_dir, registry_entry(slot.board, slot.location, slot.url))
+            write_registry_file(self.registry_dir, registry_entry(slot.board, slot.location, slot.station_url))
 
     def _withdraw(self, slot: _Slot) -> None:
         if self.registry_dir is not None:
