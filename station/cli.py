@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -19,6 +21,7 @@ from station.profiles import Profile, ProfileError, load_profile, resolve_psk
 from station.settings import data_dir, operator, station_id
 from station.identity import IdentityError
 from station.identity.ca import StationCA
+from station.cloud.cli import cloud
 from station.identity.cli import ca
 from station.manifest_sign import verify_command
 from station.sim.cli import sim
@@ -39,6 +42,7 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
 
 main.add_command(sim)
 main.add_command(ca)
+main.add_command(cloud)
 
 
 @main.group()
@@ -77,23 +81,38 @@ def _open_ca(ctx: click.Context) -> StationCA:
         raise click.ClickException(str(exc))
 
 
+REGISTRATION_GRACE = 15.0  # seconds the command line waits for the cloud after the last board
+
+
 async def _run(engine: Engine, one_touch: bool, allowed: set[str] | None) -> BatchSummary:
     if not one_touch:
-        return await engine.run_batch()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    click.echo("one-touch armed: plug boards in; Ctrl-C to stop")
-    return await engine.run_one_touch(stop, allowed)
+        summary = await engine.run_batch()
+    else:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        click.echo("one-touch armed: plug boards in; Ctrl-C to stop")
+        summary = await engine.run_one_touch(stop, allowed)
+    if engine.outbox is not None:
+        pending = await engine.settle_registrations(REGISTRATION_GRACE)
+        if pending:
+            click.echo(f"registration pending for {pending} board(s): the cloud did not confirm yet; they stay in "
+                       f"the journal and go out the next time the station runs", err=True)
+    return summary
 
 
 def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: StationCA | None,
                sources: list[PortSource], one_touch: bool, allowed: set[str] | None, operator_name: str | None,
-               lot: str, verbose: bool, reprovision: bool = False, journal_sub: str = "") -> BatchSummary:
+               lot: str, verbose: bool, reprovision: bool = False, journal_sub: str = "",
+               broker=None) -> BatchSummary:
+    from station.cloud.connect import registrar_for
+
     journal, base = _open_journal(ctx, journal_sub)
+    registrar = registrar_for(profile.cloud, base, ca, broker) if profile.cloud else None
     engine = Engine(profile, Discovery(sources), journal, operator=operator(operator_name),
-                    station_id=station_id(base), lot=lot, psk=psk, ca=ca, reprovision=reprovision)
+                    station_id=station_id(base), lot=lot, psk=psk, ca=ca, registrar=registrar,
+                    reprovision=reprovision)
     engine.subscribe(TerminalReport(verbose=verbose))
     click.echo(f"profile: {profile.summary()}")
     try:
@@ -156,7 +175,6 @@ def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
     it writes at the end says so, and its root certificate is written beside it for `station manifest verify`.
     """
     import secrets
-    import tempfile
 
     from station.sim.esp_server import EspSimServer
     from station.sim.fleet import demo_fleet
@@ -174,17 +192,44 @@ def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
                           throttle=throttle, profile=profile_path, listeners=[TerminalReport(verbose=verbose)]))
     base = data_dir(ctx.obj["data_dir"])
     ca_ = demo_ca(ctx)
-    with tempfile.TemporaryDirectory(prefix="station-sim-") as registry:
+    with tempfile.TemporaryDirectory(prefix="station-sim-") as registry, demo_broker(ca_) as broker:
         server = EspSimServer(demo_fleet(boards, faults=faults), registry_dir=registry, throttle=throttle)
         server.start()
         try:
             summary = _provision(ctx, profile, psk, ca_, [SimPortSource(Path(registry))], False, None, None,
-                                 "demo", verbose, journal_sub="demo")
+                                 "demo", verbose, journal_sub="demo", broker=broker)
         finally:
             server.stop()
     out = write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
     click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)
+
+
+@contextlib.contextmanager
+def demo_broker(ca_: StationCA):
+    """A local Mosquitto broker for one demo run, on free loopback ports, with its own state (its server
+    certificate comes from this run's CA); stopped by PID at the end. None when mosquitto is missing."""
+    import shutil
+
+    from station.cloud import CloudError
+    from station.cloud.broker import BrokerPorts, LocalBroker, free_loopback_port
+    from station.cloud.cli import issuing_ca_from
+
+    folder = Path(tempfile.mkdtemp(prefix="station-demo-cloud-", dir="/tmp"))
+    os.chmod(folder, 0o711)  # the broker drops to user mosquitto when started as root
+    broker = LocalBroker(folder / "cloud", issuing_ca_from(ca_),
+                         BrokerPorts(admin=free_loopback_port(), devices=free_loopback_port(),
+                                     devices_host="127.0.0.1"))
+    try:
+        broker.up()
+        click.echo(f"local cloud: Mosquitto on 127.0.0.1:{broker.ports.devices} (TLS, device certificates)")
+    except CloudError as exc:
+        click.echo(f"local cloud not started ({exc}); boards will show registration pending", err=True)
+    try:
+        yield broker
+    finally:
+        broker.down()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def demo_ca(ctx: click.Context) -> StationCA:
@@ -213,6 +258,24 @@ def write_demo_manifest(folder: Path, batch_id: str, ca_: StationCA, station: st
     finally:
         journal.close()
     return out
+
+
+@main.command()
+@click.argument("device_id")
+@click.option("--reason", required=True, help="Why (recorded with the voided certificate).")
+@click.pass_context
+def void(ctx, device_id, reason):
+    """Void a provisioned board: its certificate is voided, and the cloud removes and revokes it."""
+    from station.voiding import VoidError, void_device
+
+    journal, _ = _open_journal(ctx)
+    try:
+        done = void_device(journal, device_id, reason)
+    except VoidError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        journal.close()
+    click.echo(done + " (delivered now by `station cloud sync`, or the next time the station runs)")
 
 
 @main.command()

@@ -16,6 +16,8 @@ from typing import Callable, Iterable
 from station import events as ev
 from station.boards.esp import EspSession
 from station.discovery import Discovery
+from station.cloud.outbox import Outbox, RegistrationUpdate
+from station.cloud.registrar import DeviceRegistration, Registrar
 from station.identity.ca import StationCA
 from station.identity.ledger import Ledger
 from station.identity.provision import void_identity
@@ -41,7 +43,8 @@ class BatchSummary:
 class Engine:
     def __init__(self, profile: Profile, discovery: Discovery, journal: Journal, *, operator: str,
                  station_id: str, lot: str = "", psk: str | None = None, ca: StationCA | None = None,
-                 reprovision: bool = False, poll_interval: float = 0.25, workers: int = 64):
+                 registrar: Registrar | None = None, reprovision: bool = False, poll_interval: float = 0.25,
+                 workers: int = 64):
         self.profile = profile
         self.discovery = discovery
         self.journal = journal
@@ -51,6 +54,12 @@ class Engine:
         self.ca = ca
         self.ledger = Ledger(journal.path) if profile.identity else None  # certificates live in the journal file
         self.reprovision = reprovision
+        # registrations wait in the journal file until the cloud confirms them, however long that takes
+        self.registrar = registrar
+        self.outbox = Outbox(journal.path, on_update=self._registration_update) if profile.cloud else None
+        self._outbox_task: asyncio.Task | None = None
+        self._outbox_stop: asyncio.Event | None = None
+        self._device_keys: dict[str, PortKey] = {}
         self.operator, self.station_id, self.lot = operator, station_id, lot
         self._psk = psk
         self.poll_interval = poll_interval
@@ -107,6 +116,34 @@ class Engine:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
             self._ports_changed = asyncio.Condition()
+        if self.outbox is not None and self.registrar is not None and self._outbox_task is None:
+            self._outbox_stop = asyncio.Event()
+            assert self.profile.cloud is not None
+            self._outbox_task = asyncio.ensure_future(
+                self.outbox.run({self.profile.cloud.registrar: self.registrar}, self._outbox_stop))
+
+    # --- registration -------------------------------------------------------------------------------------
+
+    def _registration_update(self, update: RegistrationUpdate) -> None:
+        if self._loop is None:
+            return
+        self._publish_threadsafe(ev.RegistrationChanged(self._device_keys.get(update.device_id),
+                                                        update.device_id, update.state, update.describe()))
+
+    def pending_registrations(self) -> int:
+        return self.outbox.counts()["pending"] if self.outbox else 0
+
+    async def settle_registrations(self, timeout: float) -> int:
+        """Give the outbox up to `timeout` seconds to deliver what is due; returns how many are still pending.
+        Whatever is left stays in the journal and goes out the next time the station runs."""
+        self._bind_loop()  # starts the outbox, which picks up what earlier runs left pending
+        deadline = time.monotonic() + timeout
+        while self.outbox is not None and self.registrar is not None:
+            pending = await asyncio.get_running_loop().run_in_executor(self.pool, self.pending_registrations)
+            if not pending or time.monotonic() >= deadline:
+                return pending
+            await asyncio.sleep(0.1)
+        return self.pending_registrations()
 
     # --- batches ------------------------------------------------------------------------------------------
 
@@ -180,9 +217,13 @@ class Engine:
         self.stop()
         for session in list(self._sessions.values()):
             session.abort()
+        if self._outbox_task is not None:
+            self._outbox_task.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.ledger is not None:
             self.ledger.close()
+        if self.outbox is not None:
+            self.outbox.close()
 
     def _start_batch(self, mode: Mode) -> str:
         self._bind_loop()
@@ -217,6 +258,7 @@ class Engine:
         device_id = await loop.run_in_executor(self.pool, self.journal.start_device, batch_id, key,
                                                port.usb_id, port.family)
         self._progress[key] = 0
+        self._device_keys[device_id] = key
         self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps)))
         session = EspSession(port.url, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
                              progress=self._progress_reporter(key))
@@ -248,12 +290,20 @@ class Engine:
         self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
 
     def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> None:
-        """The device's last journal entries; a failed board's certificate is voided first."""
-        if ctx.identity is not None and ctx.identity.record:
+        """The device's last journal entries: a failed board's certificate is voided first; a passed board's
+        registration is put in the outbox (durably) before the board is reported done."""
+        plan = ctx.identity
+        if plan is not None and plan.record:
             if result is not Result.PASS:
                 assert self.ledger is not None
-                void_identity(ctx.identity, self.ledger, reason or result.value)
-            self.journal.set_identity(ctx.device_id, ctx.identity.record)
+                void_identity(plan, self.ledger, reason or result.value)
+            self.journal.set_identity(ctx.device_id, plan.record)
+            if result is Result.PASS and self.outbox is not None and self.profile.cloud is not None:
+                registration = DeviceRegistration(
+                    ctx.device_id, certificate_pem=plan.record["certificate"],
+                    topic_prefix=self.profile.cloud.topic_prefix,
+                    facts={"subject_serial": plan.subject_serial, **plan.facts})
+                self.outbox.enqueue(ctx.device_id, self.profile.cloud.registrar, registration)
         self.journal.end_device(ctx.device_id, result, reason)
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:

@@ -90,6 +90,16 @@ class DeviceDone:
 
 
 @dataclass(frozen=True)
+class RegistrationChanged:
+    """A provisioned board's registration with the cloud: "pending" (will retry), "delivered" or "failed"."""
+
+    key: PortKey | None  # None when the board was provisioned by an earlier run (picked up from the outbox)
+    device_id: str
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class BatchDone:
     batch_id: str
     passed: int
@@ -105,5 +115,5 @@ class Log:
 
 Event = (
     PortAppeared | PortGone | BatchStarted | DeviceStarted | BoardIdentified | StepStarted | Progress
-    | StepDone | OperatorPrompt | DeviceDone | BatchDone | Log
+    | StepDone | OperatorPrompt | DeviceDone | RegistrationChanged | BatchDone | Log
 )

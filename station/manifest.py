@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from datetime import datetime, timezone
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from station.journal import Journal
 
@@ -20,7 +20,9 @@ def rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def device_records(journal: Journal, batch_id: str | None = None) -> Iterator[dict]:
+def device_records(journal: Journal, batch_id: str | None = None,
+                   registration: Callable[[str], str | None] | None = None) -> Iterator[dict]:
+    """One record per device; `registration(device_id)` gives its cloud registration state when there is one."""
     batches = {b.id: b for b in journal.batches()}
     for dev in journal.devices(batch_id):
         batch = batches[dev.batch_id]
@@ -40,6 +42,7 @@ def device_records(journal: Journal, batch_id: str | None = None) -> Iterator[di
             "board": dev.board,
             "images": dev.images,
             **({"identity": dev.identity} if dev.identity else {}),
+            **({"registration": state} if registration and (state := registration(dev.id)) else {}),
             "result": dev.result,
             "reason": dev.reason,
             "started": rfc3339(dev.started),

@@ -56,6 +56,23 @@ class WifiSpec:
 
 
 @dataclass(frozen=True)
+class CloudSpec:
+    """The [cloud] table: where a provisioned board is registered. Secrets are named, never written here."""
+
+    registrar: str  # "mosquitto" (the station's local broker), "spark-server" or "https"
+    topic_prefix: str = "devices"
+    url: str = ""
+    options: dict = field(default_factory=dict)  # registrar-specific: client_id, credentials specs, pin
+
+
+CLOUD_KEYS = {
+    "mosquitto": ("registrar", "topic_prefix"),
+    "spark-server": ("registrar", "url", "client_id", "client_secret", "username", "password"),
+    "https": ("registrar", "url", "token", "pin_sha256", "pin_kind"),
+}
+
+
+@dataclass(frozen=True)
 class StepPolicy:
     timeout: float  # seconds
     retries: int  # extra attempts after the first
@@ -94,6 +111,7 @@ class Profile:
     nvs: dict[str, dict[str, tuple[str, int | str]]]  # namespace -> key -> (type, value)
     steps: dict[str, StepPolicy]
     identity: IdentitySpec | None = None
+    cloud: CloudSpec | None = None
 
     def nvs_values(self):
         """The profile's own NVS namespaces as the NVS builder takes them."""
@@ -170,7 +188,7 @@ def load_profile(path: str | os.PathLike) -> Profile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{file}: not valid TOML ({exc}). Fix the syntax at that line.")
     top = _Table(file, "", raw)
-    top.check_keys(("profile", "firmware", "wifi", "nvs", "steps", "identity"))
+    top.check_keys(("profile", "firmware", "wifi", "nvs", "steps", "identity", "cloud"))
 
     meta = top.sub("profile", top.get("profile", dict, hint="add a [profile] table with name and family"))
     meta.check_keys(("name", "description", "family", "baud"))
@@ -198,9 +216,31 @@ def load_profile(path: str | os.PathLike) -> Profile:
     if wifi or nvs:
         _check_partition_exists(top, firmware, wifi.partition if wifi else "nvs", "[wifi] partition")
     steps = _load_steps(top)
+    cloud = _load_cloud(top)
+    if cloud and not identity:
+        top.fail("[cloud] registers each board by its certificate; add an [identity] table.")
     return Profile(path=file, sha256=hashlib.sha256(text).hexdigest(), name=name,
                    description=meta.get("description", str, ""), family=family, baud=baud, firmware=firmware,
-                   wifi=wifi, nvs=nvs, steps=steps, identity=identity)
+                   wifi=wifi, nvs=nvs, steps=steps, identity=identity, cloud=cloud)
+
+
+def _load_cloud(top: _Table) -> CloudSpec | None:
+    if "cloud" not in top.raw:
+        return None
+    table = top.sub("cloud", top.get("cloud", dict))
+    kind = table.get("registrar", str, hint=f"one of {', '.join(CLOUD_KEYS)}")
+    if kind not in CLOUD_KEYS:
+        table.fail(f"registrar '{kind}' is not known; use one of {', '.join(CLOUD_KEYS)}.", "registrar")
+    table.check_keys(CLOUD_KEYS[kind])
+    options = {k: table.get(k, str) for k in CLOUD_KEYS[kind] if k not in ("registrar", "topic_prefix", "url")
+               and k in table.raw}
+    for secret in ("client_secret", "password", "token"):
+        if secret in options and not options[secret].startswith(("env:", "keyring:")):
+            table.fail(f"{secret} must name where the secret is, never hold it: \"env:VARIABLE\" or "
+                       f"\"keyring:service/user\".", secret)
+    url = table.get("url", str, "" if kind == "mosquitto" else ...)
+    return CloudSpec(registrar=kind, topic_prefix=table.get("topic_prefix", str, "devices"), url=url,
+                     options=options)
 
 
 def _check_partition_exists(top: _Table, firmware: dict[str, FirmwareSet], name: str, what: str) -> None:

@@ -47,6 +47,8 @@ class TerminalReport:
             case ev.DeviceDone():
                 verdict = "PASS" if e.ok else f"FAIL: {e.reason}"
                 return f"[{e.key}] {verdict}  ({e.seconds:.1f} s)"
+            case ev.RegistrationChanged():
+                return f"[{e.key or e.device_id[:12]}] {e.detail}"
             case ev.BatchDone():
                 return f"batch {e.batch_id} done: {e.passed} passed, {e.failed} failed"
             case ev.Log() if self.verbose or e.level in ("warning", "error"):

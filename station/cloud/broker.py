@@ -116,6 +116,13 @@ def default_server_names() -> list[str]:
     return list(dict.fromkeys(["localhost", "127.0.0.1", host, f"{host.split('.')[0]}.local"]))
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a broker that only lives as long as one run)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class LocalBroker:
     """Set up, start, stop and query one Mosquitto broker whose files live in `state_dir`."""
 

@@ -113,3 +113,26 @@ def status(ctx):
     state = broker.status()
     click.echo("\n".join(state.lines()))
     ctx.exit(0 if state.running else 1)
+
+
+@cloud.command()
+@click.pass_context
+def sync(ctx):
+    """Deliver what waits in the outbox for the local broker (registrations and voids) now."""
+    from station.cloud.outbox import Outbox
+    from station.journal import Journal
+
+    data = data_dir(ctx.obj["data_dir"])
+    broker = _broker(ctx)
+    if not broker.status().running:
+        raise click.ClickException("the local broker is not running; start it with `station cloud up`")
+    journal = Journal(data / "journal.sqlite3")
+    outbox = Outbox(journal.path)
+    try:
+        attempted = outbox.deliver_due({"mosquitto": broker.registrar("mosquitto")})
+        counts = outbox.counts()
+    finally:
+        outbox.close()
+        journal.close()
+    click.echo(f"{attempted} sent; {counts['pending']} pending, {counts['delivered']} delivered, "
+               f"{counts['failed']} failed")

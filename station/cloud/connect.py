@@ -1,0 +1,27 @@
+"""From a profile's [cloud] table to a working registrar."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from station.cloud.registrar import Credential, HttpsRegistrar, Registrar, SparkServerRegistrar
+from station.profiles import CloudSpec
+
+
+def registrar_for(spec: CloudSpec, data: Path, ca=None, broker=None) -> Registrar:
+    """The registrar a profile asks for. "mosquitto" means the station's own broker (`station cloud up`, or the
+    one `broker` the caller runs); a broker that is down only delays registrations (the outbox retries)."""
+    if spec.registrar == "mosquitto":
+        if broker is None:
+            from station.cloud.broker import LocalBroker
+            from station.cloud.cli import broker_state_dir
+
+            broker = LocalBroker(broker_state_dir(data))
+        return broker.registrar("mosquitto")
+    opts = spec.options
+    if spec.registrar == "spark-server":
+        return SparkServerRegistrar(spec.url, client_id=opts.get("client_id", "particle"),
+                                    client_secret=Credential.parse(opts["client_secret"], "spark-server client secret"),
+                                    username=opts.get("username", ""),
+                                    password=Credential.parse(opts["password"], "spark-server password"))
+    return HttpsRegistrar(spec.url, token=Credential.parse(opts["token"], "registration API token"),
+                          pin_sha256=opts["pin_sha256"], pin_kind=opts.get("pin_kind", "certificate"))
