@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo screenshots test bench clean
 
 setup: $(VENV)/.installed
 
@@ -14,8 +14,30 @@ $(VENV)/.installed: pyproject.toml packaging/setup-debian.sh
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+# The window needs a display: the real one; else Xvfb (nobody can see or close it there, so the demo closes
+# itself after the batch and leaves screenshots/demo.png); else the terminal. The offscreen default above is
+# for the tests: the window gets the platform Qt picks unless QT_QPA_PLATFORM came from the environment.
+GUI_ENV := $(if $(filter file,$(origin QT_QPA_PLATFORM)),env -u QT_QPA_PLATFORM,)
+XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
+
 demo: setup
-	$(VENV)/bin/station demo --headless
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+		$(GUI_ENV) $(VENV)/bin/station demo; \
+	elif command -v xvfb-run >/dev/null; then \
+		echo "demo: no display; the window runs under Xvfb and closes after the batch (screenshots/demo.png)"; \
+		mkdir -p screenshots; \
+		STATION_DEMO_AUTOQUIT=1 STATION_DEMO_SCREENSHOT=screenshots/demo.png $(GUI_ENV) $(XVFB) \
+			$(VENV)/bin/station demo; \
+	else \
+		echo "demo: no display and no xvfb-run (apt-get install xvfb xauth); running in the terminal"; \
+		$(VENV)/bin/station demo --headless; \
+	fi
+
+# The window's main states as PNG (screenshots/, git-ignored); the batch-done one becomes docs/screenshot.png.
+screenshots: setup
+	mkdir -p screenshots
+	$(GUI_ENV) $(XVFB) $(PY) -m ui.screenshots screenshots
+	cp screenshots/03-batch-done.png docs/screenshot.png
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

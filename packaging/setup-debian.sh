@@ -12,6 +12,7 @@ packages=(
   libx11-6 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
   libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1
   fonts-dejavu-core                          # Qt needs a font to draw text, offscreen too
+  xvfb xauth                                 # the window without a display: make demo, make screenshots
 )
 
 missing=()

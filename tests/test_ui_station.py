@@ -22,19 +22,23 @@ PROFILE = PROFILES_DIR / "demo-mixed.toml"
 PSK = "ui-test-passphrase-7"
 
 
-async def ephemeral_ca():
-    from station.identity.ca import StationCA
-
-    return StationCA.ephemeral("UI test station")
 
 
 @pytest.fixture
 def bench(tmp_path, arun, qtbot, monkeypatch):
-    """make(boards, plug=True, prefix="sim-1") -> (station, server): the window over emulated boards."""
-    monkeypatch.setenv("STATION_DEMO_WIFI_PSK", PSK)
-    made = []
+    """make(boards, plug=True, prefix="sim-1", cloud=False) -> (station, server): the window over emulated boards,
+    with an ephemeral CA and, with `cloud`, a real Mosquitto on loopback to register them with."""
+    from station.identity.ca import StationCA
 
-    def make(boards, plug=True, prefix="sim-1"):
+    monkeypatch.setenv("STATION_DEMO_WIFI_PSK", PSK)
+    made, clouds = [], []
+
+    def make(boards, plug=True, prefix="sim-1", cloud=False):
+        ca = StationCA.ephemeral("UI test station")
+
+        async def ca_provider():
+            return ca
+
         registry = tmp_path / "registry"
         registry.mkdir(exist_ok=True)
         server = EspSimServer(boards, registry_dir=registry, location_prefix=prefix)
@@ -42,7 +46,13 @@ def bench(tmp_path, arun, qtbot, monkeypatch):
             server.start()
         station = Station(tmp_path / "data", [SimPortSource(registry)], profile=PROFILE, operator="tester",
                           station_id="station-t", poll_interval=0.05, idle_scan_ms=100)
-        station.controller.ca_provider = ephemeral_ca
+        station.controller.ca_provider = ca_provider
+        if cloud:
+            from station.cli import demo_broker
+
+            context = demo_broker(ca)
+            station.controller.broker = context.__enter__()
+            clouds.append(context)
         station.window.ask = False
         made.append((station, server))
         station.window.show()
@@ -56,6 +66,8 @@ def bench(tmp_path, arun, qtbot, monkeypatch):
         station.window.close()
         station.window.deleteLater()
         server.stop()
+    for context in clouds:
+        context.__exit__(None, None, None)
 
 
 def present(station) -> int:
@@ -71,7 +83,7 @@ def finished(station, keys) -> bool:
 
 
 def test_a_batch_of_eight_boards_ends_with_eight_pass_tiles(bench, qtbot):
-    station, server = bench(demo_fleet(8))
+    station, server = bench(demo_fleet(8), cloud=True)
     w = station.window
     qtbot.waitUntil(lambda: present(station) == 8)
     assert [w.grid.tiles[k].headline() for k in server.locations] == ["Ready"] * 8
@@ -83,8 +95,11 @@ def test_a_batch_of_eight_boards_ends_with_eight_pass_tiles(bench, qtbot):
     qtbot.waitUntil(lambda: finished(station, server.locations), timeout=45_000)
 
     assert [w.grid.tiles[k].headline() for k in server.locations] == ["PASS"] * 8
-    assert station.bridge.counts() == (8, 0, 0)
+    assert station.bridge.counts()[:2] == (8, 0)
+    qtbot.waitUntil(lambda: station.bridge.counts() == (8, 0, 0), timeout=20_000)  # the cloud confirmed them all
+    assert {station.bridge.tiles[k].registration for k in server.locations} == {"delivered"}
     assert w.passed_label.text().startswith("✔ 8") and w.failed_label.text().startswith("✘ 0")
+    assert w.pending_label.text().startswith("☁ 0")
     assert "all 8 passed" in w.banner.text()
     for key, board in zip(server.locations, server.boards):
         tile = station.bridge.tiles[key]
@@ -112,7 +127,9 @@ def test_a_board_unplugged_mid_flash_fails_with_its_reason_while_the_others_pass
     assert tile.reason.startswith("Board vanished during flash at")
     assert tile.reason in w.grid.tiles[bad].summary()
     assert [station.bridge.tiles[k].phase for k in server.locations[:3]] == [Phase.PASS] * 3
-    assert station.bridge.counts() == (3, 1, 0)
+    # no cloud is running here: the three passed boards wait in the outbox, and the counter says so
+    qtbot.waitUntil(lambda: station.bridge.counts() == (3, 1, 3))
+    assert w.pending_label.text().startswith("☁ 3")
     assert "Take out the red boards: A4" in w.banner.text()
     assert w.retry_action.isEnabled()
 

@@ -48,7 +48,10 @@ class EngineBridge(QObject):
         self.batch_mode = ""
         self.batch_running = False
         self.results: dict[str, bool] = {}  # this batch: port -> passed (latest board on that port)
-        self.pending_registration = 0  # devices whose cloud registration waits in the outbox (cloud issue)
+        self.batch_devices: set[str] = set()  # device ids started in this batch
+        self.passed_devices: set[str] = set()  # device ids that passed in this batch
+        self.registering = False  # the profile registers passed boards with a cloud ([cloud]; set by the controller)
+        self.registrations: dict[str, str] = {}  # device id -> "pending" | "delivered" | "failed"
         self.events_seen = 0
         self._dirty: set[str] = set()
         self._gui_thread = threading.get_ident()
@@ -111,6 +114,8 @@ class EngineBridge(QObject):
             case ev.BatchStarted():
                 if e.batch_id != self.batch_id:
                     self.results.clear()
+                    self.batch_devices.clear()
+                    self.passed_devices.clear()
                 self.batch_id, self.batch_mode, self.batch_running = e.batch_id, e.mode, True
                 for key in e.ports:
                     self.results.pop(key, None)
@@ -126,6 +131,7 @@ class EngineBridge(QObject):
                 tile.started = time.monotonic()
                 tile.phase = Phase.WORKING
                 tile.last_result = ""
+                self.batch_devices.add(e.device_id)
                 if self.results.pop(e.key, None) is not None:
                     self.countsChanged.emit()
                 return e.key
@@ -176,12 +182,25 @@ class EngineBridge(QObject):
                 if not tile.present and e.ok:  # finished, and pulled already
                     tile.last_result = "PASS"
                 self.results[e.key] = e.ok
+                if e.ok:
+                    self.passed_devices.add(e.device_id)
                 self._line(e.key, "info" if e.ok else "error",
                            f"{'PASS' if e.ok else 'FAIL'} in {e.seconds:.1f} s" + (f": {tile.reason}" if tile.reason
                                                                                  else ""))
                 self.deviceDone.emit(e.key, e.ok, tile.reason)
                 self.countsChanged.emit()
                 return e.key
+            case ev.RegistrationChanged():  # the cloud's answer, maybe long after the batch
+                self.registrations[e.device_id] = e.state
+                tile = self.tiles.get(e.key) if e.key else None
+                if tile is None or tile.device_id != e.device_id:  # the key is not always known to the outbox
+                    tile = next((t for t in self.tiles.values() if t.device_id == e.device_id), None)
+                if tile is not None:
+                    tile.registration = e.state
+                level = {"delivered": "info", "failed": "error"}.get(e.state, "warning")
+                self._line(tile.key if tile is not None else None, level, f"cloud: {self.redact(e.detail)}")
+                self.countsChanged.emit()
+                return tile.key if tile is not None else None
             case ev.BatchDone():
                 self.batch_running = False
                 self._line(None, "info", f"batch {e.batch_id} done: {e.passed} passed, {e.failed} failed")
@@ -205,6 +224,14 @@ class EngineBridge(QObject):
     def take_dirty(self) -> set[str]:
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+    @property
+    def pending_registration(self) -> int:
+        """Boards of this batch whose registration waits in the outbox (the cloud has not confirmed it yet).
+        A passed board is in the outbox before its DeviceDone, so with a cloud it is pending until answered."""
+        default = "pending" if self.registering else ""
+        return sum(1 for d in self.batch_devices | self.passed_devices
+                   if self.registrations.get(d, default if d in self.passed_devices else "") == "pending")
 
     def counts(self) -> tuple[int, int, int]:
         passed = sum(1 for ok in self.results.values() if ok)

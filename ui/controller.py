@@ -65,6 +65,8 @@ class StationController(QObject):
         self.ca = None
         self.ca_provider: Callable[[], Awaitable[object | None]] | None = None
         self.reprovision_default = False  # the demo re-provisions its boards on every run
+        self.data_dir: Path | None = None  # where `station cloud up` keeps the broker's state
+        self.broker = None  # a LocalBroker the caller runs (the demo's); None: the station's own
         self._idle = QTimer(self)
         self._idle.setInterval(idle_scan_ms)
         self._idle.timeout.connect(self._idle_scan)
@@ -129,15 +131,31 @@ class StationController(QObject):
                 kwargs["ca"] = self.ca
             else:  # Engine refuses an identity profile without a CA; looking at ports needs neither
                 profile = dataclasses.replace(profile, identity=None)
+        if getattr(profile, "cloud", None) is not None:
+            if full and "registrar" in _ENGINE_ARGS:
+                kwargs["registrar"] = self._registrar(profile)
+            elif not full:  # no outbox for an engine that only looks at ports
+                profile = dataclasses.replace(profile, cloud=None)
         if "reprovision" in _ENGINE_ARGS:
             kwargs["reprovision"] = self.reprovision_default
         engine = Engine(profile, self.discovery, self.journal, operator=self.operator, station_id=self.station_id,
                         lot=self.lot, psk=psk, poll_interval=self.poll_interval, **kwargs)
+        self.bridge.registering = "registrar" in kwargs  # passed boards wait in the outbox until the cloud answers
         engine.subscribe(self.bridge)  # the one bridge
         for listener in self.listeners:
             engine.subscribe(listener)
         self.engine, self._psk_tag, self._engine_full = engine, tag, full or not needs_ca(self.profile)
         return engine
+
+    def _registrar(self, profile: Profile):
+        """The profile's [cloud] registrar; None (registrations then wait in the outbox) if it can't be made."""
+        try:
+            from station.cloud.connect import registrar_for
+
+            return registrar_for(profile.cloud, self.data_dir or Path("."), self.ca, self.broker)
+        except Exception as exc:  # noqa: BLE001 - a cloud that can't be reached only delays registration
+            self._say("warning", f"cloud registration not set up ({exc}); passed boards wait in the outbox")
+            return None
 
     async def open_ca(self) -> object | None:
         """The station CA, opened once (by `ca_provider`); None, with the reason said, when there is none."""

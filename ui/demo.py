@@ -91,11 +91,39 @@ class DemoHarness(QObject):
             asyncio.get_running_loop().run_in_executor(None, self.server.unplug if plugged else self.server.plug, i)))
 
 
-async def demo_ca():
-    """The demo's CA: made in memory for this run, gone when it ends (manifests say so)."""
-    from station.identity.ca import StationCA
+_DEMO_CA = None
 
-    return await asyncio.get_running_loop().run_in_executor(None, StationCA.ephemeral, "Demo station")
+
+async def demo_ca():
+    """The demo's CA: made in memory once per run, gone when it ends (manifests and certificates say so)."""
+    global _DEMO_CA
+    if _DEMO_CA is None:
+        from station.identity.ca import StationCA
+
+        _DEMO_CA = await asyncio.get_running_loop().run_in_executor(None, StationCA.ephemeral, "Demo station")
+    return _DEMO_CA
+
+
+async def start_demo_cloud(station: Station):
+    """The demo's own Mosquitto on loopback (station.cli.demo_broker), started in the executor; returns the
+    context to close at the end, or None when the profile registers nowhere or the broker can't start."""
+    if getattr(station.controller.profile, "cloud", None) is None:
+        return None
+    try:
+        from station.cli import demo_broker
+    except ImportError:
+        return None
+    ca = await demo_ca()
+    loop = asyncio.get_running_loop()
+    context = demo_broker(ca)
+    try:
+        station.controller.broker = await loop.run_in_executor(None, context.__enter__)
+    except Exception as exc:  # noqa: BLE001 - no cloud only means "registration pending"
+        station.bridge.note(f"demo: local cloud not started ({exc}); boards will show registration pending",
+                            "warning")
+        return None
+    station.bridge.note("demo: local cloud (Mosquitto, TLS with the demo CA) running on loopback")
+    return context
 
 
 def prepare_layout(station: Station, locations: list[str]) -> None:
@@ -151,7 +179,12 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
         prepare_layout(station, server.locations)
         return station
 
+    clouds = []
+
     async def after_start(station: Station) -> None:
+        cloud = await start_demo_cloud(station)
+        if cloud is not None:
+            clouds.append(cloud)
         if not autostart:
             return
         if not await wait_for_ports(station, server.locations):
@@ -169,5 +202,7 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
     try:
         return run(make, after_start)
     finally:
+        for cloud in clouds:
+            cloud.__exit__(None, None, None)  # the broker stops by PID
         server.stop()
         registry.cleanup()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -101,10 +102,37 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
 
+def registration_states(journal: Journal) -> dict[str, str]:
+    """Blocking: device id -> its cloud registration state, from the outbox in the journal file."""
+    try:
+        from station.cloud.outbox import Outbox
+    except ImportError:
+        return {}
+    outbox = Outbox(journal.path)
+    try:
+        states: dict[str, str] = {}
+        for row in outbox.rows():  # failed beats pending beats delivered, as Outbox.device_state says
+            rank = {"failed": 3, "pending": 2, "delivered": 1}
+            if rank.get(row.state, 0) > rank.get(states.get(row.device_id, ""), 0):
+                states[row.device_id] = row.state
+        return states
+    finally:
+        outbox.close()
+
+
+REGISTRATION_WORDS = {
+    "delivered": "<p style='color:#1a7f37'><b>Registered</b>: the cloud confirmed this device.</p>",
+    "pending": "<p style='color:#9a6700'><b>Pending</b>: waiting in the outbox; the station keeps retrying until "
+               "the cloud confirms it.</p>",
+    "failed": "<p style='color:#cf222e'><b>Refused</b> by the cloud; see the station log for its answer.</p>",
+}
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     device: DeviceRow
     batch: BatchRow | None
+    registration: str = ""  # "", "pending", "delivered", "failed"
 
     @property
     def lot(self) -> str:
@@ -207,7 +235,8 @@ class HistoryPage(QWidget):
         self.station_id = ""
         # the places other issues fill in: return HTML, or None for "not there yet"
         self.certificate_details: Callable[[DeviceRow], str | None] = identity_html
-        self.registration_state: Callable[[DeviceRow], str | None] = lambda _d: None
+        self.registration_state: Callable[[HistoryRow], str | None] = \
+            lambda row: REGISTRATION_WORDS.get(row.registration)
         self.detail_html = ""
         self._loading = asyncio.Lock()  # one reload at a time; a second waits and reads afresh
         self._stale = True
@@ -308,7 +337,11 @@ class HistoryPage(QWidget):
     def _read(self) -> tuple[list[HistoryRow], list[BatchRow]]:
         batches = self.journal.batches()
         by_id = {b.id: b for b in batches}
-        return [HistoryRow(d, by_id.get(d.batch_id)) for d in self.journal.devices()], batches
+        try:
+            states = registration_states(self.journal)
+        except Exception:  # noqa: BLE001 - the table still shows without registration states
+            states = {}
+        return [HistoryRow(d, by_id.get(d.batch_id), states.get(d.id, "")) for d in self.journal.devices()], batches
 
     async def reload(self) -> int:
         """Read the journal (in the executor) into the table; returns the number of devices."""
@@ -406,10 +439,10 @@ class HistoryPage(QWidget):
         out.append("<h3>Certificate (IDevID)</h3>" + (cert if cert is not None else
                    "<p style='color:#57606a'>Not issued: device identities and the station CA arrive with the "
                    "identity issue. This board has no certificate yet.</p>"))
-        reg = self.registration_state(d)
+        reg = self.registration_state(row)
         out.append("<h3>Cloud registration</h3>" + (reg if reg is not None else
-                   "<p style='color:#57606a'>Not registered: registration with the local cloud arrives with its "
-                   "issue.</p>"))
+                   "<p style='color:#57606a'>None: this device's profile registers it nowhere (no [cloud]), or it "
+                   "did not pass.</p>"))
         return "".join(out)
 
     # --- export and verify --------------------------------------------------------------------------------------
@@ -432,11 +465,17 @@ class HistoryPage(QWidget):
         else:
             write = write_jsonl if fmt == "jsonl" else write_csv
 
+        def records():
+            if "registration" in inspect.signature(device_records).parameters:  # manifests carry it since 484ff85
+                states = registration_states(self.journal)
+                return device_records(self.journal, batch_id or None, registration=states.get)
+            return device_records(self.journal, batch_id or None)
+
         def work() -> int:
             tmp = path.with_name(path.name + ".part")
             try:
                 with open(tmp, "w", newline="", encoding="utf-8") as out:
-                    count = write(device_records(self.journal, batch_id or None), out)
+                    count = write(records(), out)
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, path)

@@ -140,8 +140,9 @@ class MainWindow(QMainWindow):
         self.failed_label.setToolTip("Boards that failed in this batch (Retry failed runs them again)")
         self.pending_label = QLabel()
         self.pending_label.setObjectName("pendingCount")
-        self.pending_label.setToolTip("Devices whose registration with the local cloud waits in the outbox. "
-                                      "Registration arrives with its own issue; until then this stays 0.")
+        self.pending_label.setToolTip("Boards of this batch whose registration with the cloud waits in the "
+                                      "outbox: the cloud has not confirmed them yet. The station keeps retrying, "
+                                      "also after a restart.")
         status = QHBoxLayout()
         status.addWidget(self.banner, 1)
         for label in (self.passed_label, self.failed_label, self.pending_label):

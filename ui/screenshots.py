@@ -22,7 +22,7 @@ from station.sim.esp_board import EspFaults
 from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
 from ui.app import PROFILES_DIR, Station, run
-from ui.demo import demo_ca, prepare_layout, wait_for_ports
+from ui.demo import demo_ca, prepare_layout, start_demo_cloud, wait_for_ports
 from ui.state import Phase
 
 PROMPT_BOARD = 2  # A3
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
     fleet[PROMPT_BOARD].faults = EspFaults(wrong_boot_mode=True)
     server = EspSimServer(fleet, registry_dir=Path(work.name) / "registry", throttle=True).start()
     shots: list[str] = []
+    clouds = []
 
     def make() -> Station:
         import os
@@ -82,6 +83,9 @@ def main(argv: list[str]) -> int:
             b.handle(ev.OperatorPrompt(key, "detect", boot_prompt(), b.tiles[key].retrying or
                                        "No answer from the board: is it powered and in download mode?"))
 
+        cloud = await start_demo_cloud(station)
+        if cloud is not None:
+            clouds.append(cloud)
         await wait_for_ports(station, server.locations)
         await asyncio.sleep(0.5)
         save("01-ready")
@@ -94,6 +98,7 @@ def main(argv: list[str]) -> int:
         prompt_now()  # and grab at once: the next engine event for A3 moves it on (see the docstring)
         save("02-batch-running")
         await until(lambda: not c.busy, 60)
+        await until(lambda: b.counts()[2] == 0, 10)  # the cloud confirmed the passed boards
         await asyncio.sleep(0.3)
         save("03-batch-done")
         w.grid.select(server.locations[-1])
@@ -157,6 +162,8 @@ def main(argv: list[str]) -> int:
     try:
         return run(make, scenario)
     finally:
+        for cloud in clouds:
+            cloud.__exit__(None, None, None)
         server.stop()
         work.cleanup()
 

@@ -86,6 +86,7 @@ class TileState:
     prompt_reason: str = ""
     retrying: str = ""  # why the current step is on another attempt
     last_result: str = ""  # "PASS"/"FAIL" of the board that was just pulled from here
+    registration: str = ""  # cloud registration of this board: "", "pending", "delivered", "failed"
     history: list[StepRecord] = field(default_factory=list)
     log: deque = field(default_factory=lambda: deque(maxlen=400))
 
@@ -122,6 +123,7 @@ class TileState:
         self.clear_progress()
         self.started = self.seconds = None
         self.reason = self.prompt = self.prompt_reason = self.retrying = ""
+        self.registration = ""
         self.history = []
 
     def clear_progress(self) -> None:

@@ -7,6 +7,7 @@ once a second for their clock.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Callable
@@ -23,10 +24,16 @@ REPAINT_HZ = 15
 
 
 def _font(px: float, bold: bool = False, mono: bool = False) -> QFont:
+    return _font_px(max(9, int(px)), bold, mono)
+
+
+@functools.lru_cache(maxsize=256)
+def _font_px(px: int, bold: bool, mono: bool) -> QFont:
+    """Fonts are values: one per size and weight, made once (a tile paint asks for six)."""
     font = QFont("DejaVu Sans Mono" if mono else "DejaVu Sans")
     if mono:
         font.setStyleHint(QFont.StyleHint.Monospace)
-    font.setPixelSize(max(9, int(px)))
+    font.setPixelSize(px)
     font.setBold(bold)
     return font
 
@@ -216,6 +223,10 @@ class PortTile(QWidget):
         rest = QRectF(r.left(), word.bottom(), r.width(), r.bottom() - word.bottom())
         if passed:
             tail = f"{clock(s.elapsed())}"
+            cloud = {"pending": "cloud: pending", "delivered": "cloud: registered",
+                     "failed": "cloud: REFUSED"}.get(s.registration)
+            if cloud:
+                tail += f" · {cloud}"
             if not s.present:
                 tail += " · board pulled"
             elif self._armed(s.key) == "armed":
@@ -363,6 +374,7 @@ class TileGrid(QWidget):
         self._timer.start()
         self._last_second = 0
         bridge.tileChanged.connect(self._changed)
+        bridge.tileAdded.connect(lambda _key: self.relayout())
         self.relayout()
 
     def columns(self) -> int:
