@@ -11,7 +11,8 @@ Resets come from the dev board's auto-reset circuit (`EspBoard.set_lines`: the U
 and IO0 through two transistors) when the transport carries modem lines (espsim://), and from the connection
 itself on transports that cannot (socket://, pty: `EspBoard.reset`, always into download mode).
 
-The app mode is what the flashed firmware does after boot (`EspBoard.app_mode_factory`).
+The app mode is what the flashed firmware does after boot: by default `flashed_app` looks at the app in
+flash and runs the on-board identity agent (station.sim.agent) when the app declares it, else a silent app.
 Stub code is never executed; uploading it only switches behaviour.
 """
 from __future__ import annotations
@@ -198,6 +199,13 @@ class IdleAppMode:
 
     def receive(self, data: bytes) -> None:
         pass
+
+
+def flashed_app(board: "EspBoard") -> BoardMode:
+    """The default app: whatever the app in flash declares (the identity agent), else an idle app."""
+    from station.sim.agent import agent_for_flash  # the agent imports this module
+
+    return agent_for_flash(board) or IdleAppMode(board)
 
 
 class Op:
@@ -712,7 +720,7 @@ class EspBoard:
         self.mac = mac_for(self.chip, number, seed)
         self.flash = NorFlash(parse_flash_size(flash_size))
         self.faults = faults or EspFaults()
-        self.app_mode_factory: Callable[[EspBoard], BoardMode] = IdleAppMode
+        self.app_mode_factory: Callable[[EspBoard], BoardMode] = flashed_app
         self.on_vanish: Callable[[EspBoard], None] | None = None  # set by the server: unplug me
         self.booted_app = False
         self.boot_count = 0

@@ -53,6 +53,7 @@ _APP_DESC_MAGIC = 0xABCD5432
 _BOOTLOADER_DESC = struct.Struct("<B3sI32s24s16s")  # esp_bootloader_desc_t, 80 bytes
 _BOOTLOADER_DESC_MAGIC = 0x50
 _MMU_PAGE = 0x10000
+_AGENT_MARKER = b"STATION-AGENT/1\0"  # = station.sim.agent.AGENT_MARKER: the provisioning agent's banner
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,28 @@ def make_app_image(
     seed: int = 0,
     compressible: bool = True,
     arduino: bool = False,
+    identity_agent: bool = False,
 ) -> bytes:
     """A valid app image for `chip` of roughly `size` bytes (at least the minimal image).
 
     ESP8266: an ESP8266_RTOS_SDK app for 0x10000, or with `arduino` the Arduino .bin for 0x0.
+    `identity_agent`: the app links the station's provisioning agent, i.e. its read-only data holds the agent's
+    banner string `STATION-AGENT/1` (docs/agent-protocol.md); an emulated board runs the agent when it boots
+    such an app. Off by default, and then the bytes are exactly what they always were.
     """
     _check_text("project_name", project_name)
     _check_text("version", version)
     rom = rom_class(chip)
     rng = random.Random(f"{rom.CHIP_NAME}/{project_name}/{version}/{seed}")  # str seeds are stable
     fill = _filler(rng, compressible)
+
+    def rodata_fill(n: int) -> bytes:  # read-only data, led by the agent's banner when the app links the agent
+        return _AGENT_MARKER + fill(n - len(_AGENT_MARKER)) if identity_agent else fill(n)
+
     if rom is ESP8266ROM:
         if arduino:
-            return _arduino_esp8266_bin(project_name, version, size, fill)
-        return _rtos_esp8266_app(project_name, version, size, fill)
+            return _arduino_esp8266_bin(project_name, version, size, fill, rodata_fill)
+        return _rtos_esp8266_app(project_name, version, size, fill, rodata_fill)
 
     layout = _LAYOUTS.get(rom.CHIP_NAME)
     if layout is None:
@@ -114,7 +123,7 @@ def make_app_image(
     # segments, so end DROM about half the RAM size before a page boundary (no zero padding).
     half_ram = (len(iram) + len(dram)) // 2
     drom_end = -(-(0x20 + len(app_desc) + max(size // 4, 0x100) + half_ram) // _MMU_PAGE) * _MMU_PAGE
-    rodata = app_desc + fill((drom_end - half_ram - 0x20 - len(app_desc)) // 4 * 4)
+    rodata = app_desc + rodata_fill((drom_end - half_ram - 0x20 - len(app_desc)) // 4 * 4)
 
     def build(code_len: int) -> bytes:
         irom_addr = layout.irom
@@ -228,7 +237,7 @@ def _eboot_image(fill) -> bytes:
     return _save_esp8266_v1(segments, entry=0x4010F000 + 0x4)
 
 
-def _arduino_esp8266_bin(project_name: str, version: str, size: int, fill) -> bytes:
+def _arduino_esp8266_bin(project_name: str, version: str, size: int, fill, rodata_fill) -> bytes:
     """eboot padded to 0x1000 with 0xAA, then the sketch image (Arduino elf2bin.py layout).
 
     The two words elf2bin.py patches in after the first 8 bytes of irom0 (CRC length and
@@ -237,7 +246,7 @@ def _arduino_esp8266_bin(project_name: str, version: str, size: int, fill) -> by
     eboot = _eboot_image(fill)
     eboot += b"\xAA" * (0x1000 - len(eboot))
     ident = f"{project_name} {version}\0".encode()  # Arduino sketches carry no app descriptor
-    rodata = ident + fill(0x600)
+    rodata = ident + rodata_fill(0x600)
     ram = [
         ImageSegment(0x40100000, fill(min(max(size // 12, 0x400), 0x7000))),  # .text (IRAM)
         ImageSegment(0x3FFE8000, fill(0x500)),  # .data
@@ -250,12 +259,12 @@ def _arduino_esp8266_bin(project_name: str, version: str, size: int, fill) -> by
     return eboot + sketch
 
 
-def _rtos_esp8266_app(project_name: str, version: str, size: int, fill) -> bytes:
+def _rtos_esp8266_app(project_name: str, version: str, size: int, fill, rodata_fill) -> bytes:
     """An ESP8266_RTOS_SDK app image for 0x10000: flash-mapped irom plus RAM segments."""
     ident = f"{project_name} {version}\0".encode()
     ram = [
         ImageSegment(0x40100000, fill(min(max(size // 12, 0x400), 0x7000))),  # .text (IRAM)
-        ImageSegment(0x3FFE8000, ident + fill(0x500)),  # .data
+        ImageSegment(0x3FFE8000, ident + rodata_fill(0x500)),  # .data (rodata lives in DRAM on the ESP8266)
     ]
     fixed = 8 + 8 * (len(ram) + 1) + sum(len(s.data) for s in ram) + 1
     irom = ImageSegment(0x40210010, fill(max(0x400, (size - fixed) // 16 * 16)))
