@@ -79,6 +79,9 @@ class Station:
         self.window.history.station_id = self.controller.station_id
         self.window.settings_page.ca_status = self.ca_status
         self.window.settings_page.cloud_status = self.cloud_status
+        self.window.settings_page.ca_setup = self.create_ca
+        self.window.settings_page.cloud_up = self.cloud_up
+        self.window.settings_page.cloud_down = self.cloud_down
 
     # --- the station CA (station.identity), opened when a batch or a signed export first needs it ---------
 
@@ -118,6 +121,37 @@ class Station:
         from cryptography import x509
 
         return x509.load_pem_x509_certificates(root.read_bytes())
+
+    async def create_ca(self, organization: str, passphrase: str) -> str:
+        """`station ca init` from the window: keys in encrypted files under <data>/ca, opened for this run."""
+        from station.identity.ca import StationCA
+        from station.identity.keys import Secret, SecretSource, check_new_passphrase
+
+        check_new_passphrase(Secret(passphrase, "typed in the window"))
+        source = SecretSource.fixed(passphrase, "CA key passphrase", "typed in the window")
+        ca = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: StationCA.init(self.data, organization=organization or "Provisioning Station",
+                                         passphrase_source=source))
+        self.controller.ca = ca
+        return f"station CA created in {self.data / 'ca'} ({ca!r}); keep its passphrase safe, and a backup"
+
+    def _local_broker(self, ca=None):
+        from station.cloud.broker import LocalBroker
+        from station.cloud.cli import broker_state_dir, issuing_ca_from
+
+        return LocalBroker(broker_state_dir(self.data), issuing_ca_from(ca) if ca is not None else None)
+
+    async def cloud_up(self) -> str:
+        """`station cloud up` from the window (the broker's certificate comes from the station CA)."""
+        ca = await self.controller.open_ca()
+        if ca is None:
+            raise RuntimeError("the local cloud needs the station CA: create or open it first")
+        state = await asyncio.get_running_loop().run_in_executor(None, lambda: self._local_broker(ca).up())
+        return "local cloud: " + "; ".join(state.lines())
+
+    async def cloud_down(self) -> str:
+        stopped = await asyncio.get_running_loop().run_in_executor(None, lambda: self._local_broker().down())
+        return "local cloud stopped" if stopped else "local cloud was not running"
 
     async def cloud_status(self) -> tuple[bool, str]:
         """The local broker (the demo's, else the station's own `station cloud up`) and the outbox."""

@@ -126,6 +126,14 @@ async def start_demo_cloud(station: Station):
     return context
 
 
+def configure_demo(station: Station) -> None:
+    """The demo brings its own CA (ephemeral) and broker, and re-provisions its boards on every run."""
+    station.controller.ca_provider = demo_ca
+    station.controller.reprovision_default = True  # the same emulated boards come back every run
+    page = station.window.settings_page
+    page.ca_setup = page.cloud_up = page.cloud_down = None
+
+
 def prepare_layout(station: Station, locations: list[str]) -> None:
     """First demo run: name the emulated hub's ports A1..B4 and allow two of them for one-touch."""
     settings = station.settings
@@ -174,8 +182,7 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
         station = Station(data, [SimPortSource(Path(registry.name))], profile=profile, station_id=station_id,
                           listeners=listeners, title_suffix=" — demo (emulated boards)")
         station.harness = DemoHarness(station, server, prompt_index)
-        station.controller.ca_provider = demo_ca
-        station.controller.reprovision_default = True  # the same emulated boards come back every run
+        configure_demo(station)
         prepare_layout(station, server.locations)
         return station
 

@@ -22,7 +22,7 @@ from station.sim.esp_board import EspFaults
 from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
 from ui.app import PROFILES_DIR, Station, run
-from ui.demo import demo_ca, prepare_layout, start_demo_cloud, wait_for_ports
+from ui.demo import configure_demo, prepare_layout, start_demo_cloud, wait_for_ports
 from ui.state import Phase
 
 PROMPT_BOARD = 2  # A3
@@ -61,8 +61,7 @@ def main(argv: list[str]) -> int:
         station = Station(Path(work.name) / "data", [SimPortSource(Path(work.name) / "registry")],
                           profile=PROFILES_DIR / "demo-mixed.toml", operator="alice", station_id="bench-1-demo",
                           title_suffix=" — demo (emulated boards)")
-        station.controller.ca_provider = demo_ca
-        station.controller.reprovision_default = True
+        configure_demo(station)
         prepare_layout(station, server.locations)
         station.window.resize(1500, 940)
         station.window.lot_edit.setText("LOT-2026-11-A")

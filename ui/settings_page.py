@@ -81,9 +81,33 @@ class SettingsPage(QScrollArea):
 
         self.guarded: list[QWidget] = []  # everything a locked station refuses to change
 
-        # --- station CA / local cloud
-        self.ca_group, self.ca_label, self.ca_button = self._not_yet("Station CA", "Set up station CA…")
-        self.cloud_group, self.cloud_label, self.cloud_button = self._not_yet("Local cloud", "Set up local cloud…")
+        # --- station CA / local cloud (hooks filled by ui.app.Station: set up? / make one / start / stop)
+        self.ca_setup: Callable | None = None  # async (organization, passphrase) -> words
+        self.cloud_up: Callable | None = None  # async () -> words
+        self.cloud_down: Callable | None = None  # async () -> words
+        self.ca_group, self.ca_label, self.ca_button = self._not_yet("Station CA", "Create station CA")
+        form = QFormLayout()
+        self.ca_org = QLineEdit("Provisioning Station")
+        self.ca_org.setObjectName("caOrganization")
+        self.ca_pass = QLineEdit()
+        self.ca_repeat = QLineEdit()
+        for edit, name in ((self.ca_pass, "caPassphrase"), (self.ca_repeat, "caRepeat")):
+            edit.setEchoMode(QLineEdit.EchoMode.Password)
+            edit.setObjectName(name)
+        form.addRow("Organization:", self.ca_org)
+        form.addRow("CA key passphrase:", self.ca_pass)
+        form.addRow("Repeat:", self.ca_repeat)
+        self.ca_form = QWidget()
+        self.ca_form.setLayout(form)
+        self.ca_group.layout().insertWidget(1, self.ca_form, 1)
+        self.ca_button.clicked.connect(lambda: asyncio.ensure_future(self.create_ca(
+            self.ca_org.text(), self.ca_pass.text(), self.ca_repeat.text())))
+        self.cloud_group, self.cloud_label, self.cloud_button = self._not_yet("Local cloud", "Start local cloud")
+        self.cloud_stop = QPushButton("Stop local cloud")
+        self.cloud_group.layout().addWidget(self.cloud_stop)
+        self.cloud_button.clicked.connect(lambda: asyncio.ensure_future(self._cloud(self.cloud_up)))
+        self.cloud_stop.clicked.connect(lambda: asyncio.ensure_future(self._cloud(self.cloud_down)))
+        self._ca_ready = self._cloud_running = False
         col.addWidget(self.ca_group)
         col.addWidget(self.cloud_group)
 
@@ -196,8 +220,6 @@ class SettingsPage(QScrollArea):
         label = QLabel()
         label.setWordWrap(True)
         push = QPushButton(button)
-        push.setEnabled(False)
-        push.setToolTip("Arrives with its issue")
         row.addWidget(label, 1)
         row.addWidget(push)
         return group, label, push
@@ -211,12 +233,58 @@ class SettingsPage(QScrollArea):
         self.refresh_ports()
         self.refresh_wifi()
 
-    @staticmethod
-    async def _show_status(status: Callable, label: QLabel) -> None:
+    async def _show_status(self, status: Callable, label: QLabel) -> None:
         result = status()
         ok, words = await result if inspect.isawaitable(result) else result
         label.setText(("✔ " if ok else "⚠ NOT SET UP — ") + words)
         label.setStyleSheet("" if ok else "color:#9a6700; font-weight:bold")
+        if label is self.ca_label:
+            self._ca_ready = ok
+        else:
+            self._cloud_running = ok
+        self._setup_buttons()
+
+    def _setup_buttons(self) -> None:
+        locked = self.lock.locked
+        self.ca_form.setVisible(not self._ca_ready)
+        self.ca_button.setVisible(not self._ca_ready)
+        for widget in (self.ca_org, self.ca_pass, self.ca_repeat):
+            widget.setEnabled(not locked and self.ca_setup is not None)
+        self.ca_button.setEnabled(not locked and self.ca_setup is not None)
+        self.ca_button.setToolTip("Locked: supervisor only" if locked else "")
+        managed = self.cloud_up is None  # the demo runs its own broker
+        self.cloud_button.setVisible(not managed and not self._cloud_running)
+        self.cloud_stop.setVisible(not managed and self._cloud_running)
+        self.cloud_button.setEnabled(not locked)
+        self.cloud_stop.setEnabled(not locked)
+
+    async def create_ca(self, organization: str, passphrase: str, repeat: str) -> bool:
+        """First-run setup: the station CA (root, issuing CA, manifest signer) with encrypted key files."""
+        self.ca_pass.clear()
+        self.ca_repeat.clear()
+        if self.lock.locked or self.ca_setup is None:
+            return False
+        if passphrase != repeat:
+            self.ca_label.setText("⚠ The two passphrases differ; type them again.")
+            return False
+        try:
+            words = await self.ca_setup(organization.strip(), passphrase)
+        except Exception as exc:  # noqa: BLE001 - CAError & co. say what to fix
+            self.ca_label.setText(f"⚠ Not created: {exc}")
+            return False
+        self.bridge.note(words)
+        self.refresh()
+        return True
+
+    async def _cloud(self, action: Callable | None) -> None:
+        if action is None or self.lock.locked:
+            return
+        self.cloud_label.setText("working…")
+        try:
+            self.bridge.note(await action())
+        except Exception as exc:  # noqa: BLE001
+            self.bridge.note(f"local cloud: {exc}", "error")
+        await self._show_status(self.cloud_status, self.cloud_label)
 
     def refresh_lock(self) -> None:
         locked = self.lock.locked
@@ -238,6 +306,7 @@ class SettingsPage(QScrollArea):
         self.sup_current.setEnabled(not locked and self.lock.is_set)
         self.sup_remove.setEnabled(not locked and self.lock.is_set)
         self.sup_set.setText("Change passphrase" if self.lock.is_set else "Set passphrase")
+        self._setup_buttons()
 
     def refresh_ports(self) -> None:
         self.port_table.blockSignals(True)
@@ -247,7 +316,7 @@ class SettingsPage(QScrollArea):
             name.setData(Qt.ItemDataRole.UserRole, key)
             loc = QTableWidgetItem(key)
             loc.setFlags(loc.flags() & ~Qt.ItemFlag.ItemIsEditable)
-            allow = QTableWidgetItem("allowed" if key in self.settings.allowed else "")
+            allow = QTableWidgetItem("")
             allow.setFlags((allow.flags() | Qt.ItemFlag.ItemIsUserCheckable) & ~Qt.ItemFlag.ItemIsEditable)
             allow.setCheckState(Qt.CheckState.Checked if key in self.settings.allowed else Qt.CheckState.Unchecked)
             for c, item in enumerate((name, loc, allow)):

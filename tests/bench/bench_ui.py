@@ -140,7 +140,7 @@ def main() -> int:
     from station.sim.fleet import demo_fleet
     from station.discovery.sim_ports import SimPortSource
     from ui.app import PROFILES_DIR, Station, run
-    from ui.demo import demo_ca, prepare_layout
+    from ui.demo import configure_demo, prepare_layout
     from ui.state import Phase
 
     print(f"platform: {os.environ.get('QT_QPA_PLATFORM') or 'display ' + os.environ.get('DISPLAY', '')}, "
@@ -169,8 +169,7 @@ def main() -> int:
     def make() -> Station:
         station = Station(Path(work.name) / "data", [SimPortSource(registry)],
                           profile=PROFILES_DIR / "demo-mixed.toml", operator="bench", station_id="bench")
-        station.controller.ca_provider = demo_ca
-        station.controller.reprovision_default = True
+        configure_demo(station)
         station.window.resize(1600, 1000)
         return station
 
