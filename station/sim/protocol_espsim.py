@@ -302,10 +302,11 @@ class Serial(protocol_socket.Serial):
 
     def read(self, size: int = 1) -> bytes:
         self._settle()
-        timeout = Timeout(self._timeout)
-        self._pump(0)
-        while len(self._rx) < size and not timeout.expired():
-            self._pump(timeout.time_left())
+        if len(self._rx) < size:
+            timeout = Timeout(self._timeout)
+            self._pump(0)
+            while len(self._rx) < size and not timeout.expired():
+                self._pump(timeout.time_left())
         if size >= len(self._rx):
             data = bytes(self._rx)
             self._rx.clear()
