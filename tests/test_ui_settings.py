@@ -172,3 +172,26 @@ def test_the_demo_operator_gets_a_board_with_wrong_boot_straps_through(station_o
     # transport) the operator fixed the straps before the second detect attempt; both are said in the log
     assert harness.prompted or harness.fixed_without_prompt
     assert any("demo:" in line.text for line in tiles[1].log)
+
+
+def test_the_demo_operator_answers_a_prompt_by_replugging_the_board(station_on, arun, qtbot, monkeypatch):
+    from station import events as ev
+    from ui.demo import DemoHarness
+
+    monkeypatch.setenv("STATION_DEMO_WIFI_PSK", "ui-test-passphrase-7")
+    boards = demo_fleet(1)
+    boards[0].faults = EspFaults(wrong_boot_mode=True)
+    station, server = station_on(boards, PROFILES_DIR / "demo-mixed.toml")
+    harness = DemoHarness(station, server, 0)
+    harness.delay = 0.1
+    key = server.locations[0]
+    qtbot.waitUntil(lambda: key in station.bridge.tiles and station.bridge.tiles[key].present)
+    seen = []
+    station.bridge.eventSeen.connect(lambda e: seen.append(type(e).__name__))
+    # the prompt as the engine sends it for a wrong boot mode (over a transport that can see the boot log)
+    station.bridge.handle(ev.OperatorPrompt(key, "detect", "Hold BOOT, press and release RESET, then release BOOT",
+                                            "Wrong boot mode detected (0x13)"))
+    assert station.bridge.tiles[key].phase is Phase.OPERATOR
+    qtbot.waitUntil(lambda: harness.reseated == 1, timeout=10_000)
+    assert boards[0].faults == EspFaults() and server.is_plugged(0)
+    qtbot.waitUntil(lambda: "PortGone" in seen and seen.count("PortAppeared") >= 1)  # the engine saw it re-enumerate

@@ -118,7 +118,8 @@ def test_a_board_unplugged_mid_flash_fails_with_its_reason_while_the_others_pass
     w.rename_port(server.locations[3], "A4")
     qtbot.waitUntil(lambda: present(station) == 4)
 
-    click(qtbot, w, w.start_action)
+    w.activateWindow()
+    qtbot.keyClick(w, Qt.Key.Key_F5)  # the keyboard shortcut for Start
     qtbot.waitUntil(lambda: finished(station, server.locations), timeout=45_000)
 
     bad = server.locations[3]

@@ -40,6 +40,8 @@ class DemoHarness(QObject):
         self.prompt_key = server.locations[prompt_index] if prompt_index is not None else None
         self.prompted = False
         self.fixed_without_prompt = False
+        self.reseated = 0
+        self.delay = PROMPT_DELAY_S
         self.batches_done = 0
         station.bridge.eventSeen.connect(self._event)
         station.window.tile_actions.append(self._tile_actions)
@@ -52,9 +54,9 @@ class DemoHarness(QObject):
         board = self.server.boards[self.prompt_index]
         if isinstance(e, ev.OperatorPrompt):
             self.prompted = True
-            self.station.bridge.note(f"demo: the operator walks over to {self._name()} ({PROMPT_DELAY_S:g} s)",
+            self.station.bridge.note(f"demo: the operator walks over to {self._name()} ({self.delay:g} s)",
                                      key=self.prompt_key)
-            QTimer.singleShot(int(PROMPT_DELAY_S * 1000), lambda: asyncio.ensure_future(self._reseat()))
+            QTimer.singleShot(int(self.delay * 1000), lambda: asyncio.ensure_future(self._reseat()))
         elif (isinstance(e, ev.StepStarted) and e.step == "detect" and e.attempt >= 2 and not self.prompted
               and board.faults.wrong_boot_mode):
             # this runs before the retry opens the port, so the fix is in place when it connects
@@ -78,6 +80,7 @@ class DemoHarness(QObject):
             self.server.plug(i)
 
         await asyncio.get_running_loop().run_in_executor(None, reseat)
+        self.reseated += 1
         self.station.bridge.note(f"demo: board on {self._name()} re-plugged in download mode", key=self.prompt_key)
 
     def _tile_actions(self, key: str, menu: QMenu) -> None:

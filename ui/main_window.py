@@ -89,8 +89,9 @@ class MainWindow(QMainWindow):
         self.start_action.setToolTip("Provision every board on the hub (F5)")
         self.stop_action = QAction("■  Stop", self)
         self.stop_action.setObjectName("stopAction")
-        self.stop_action.setShortcuts([QKeySequence(Qt.Key.Key_Escape), QKeySequence("Ctrl+.")])
-        self.stop_action.setToolTip("Stop every board now; one-touch disarms (Esc)")
+        # not Esc: people press Esc to dismiss things, and a stray Stop interrupts every board
+        self.stop_action.setShortcuts([QKeySequence("Shift+F5"), QKeySequence("Ctrl+.")])
+        self.stop_action.setToolTip("Stop every board now; one-touch disarms (Shift+F5)")
         self.retry_action = QAction("↻  Retry failed", self)
         self.retry_action.setObjectName("retryAction")
         self.retry_action.setShortcut(QKeySequence("Ctrl+R"))
