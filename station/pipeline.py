@@ -17,7 +17,8 @@ from station.model import BoardInfo, PortInfo, StepFailed
 from station.payloads import PayloadError
 from station.identity.ca import StationCA
 from station.identity.ledger import Ledger, serial_hex
-from station.identity.provision import IdentityPlan, issue_on_host, plan_identity, read_back_certificate
+from station.identity.provision import (IdentityPlan, issue_on_board, issue_on_host, plan_identity,
+                                       read_back_certificate)
 from station.payloads.partition_table import Partition, find_partition, parse_partition_table
 from station.profiles import FirmwareSet, Profile
 
@@ -67,6 +68,8 @@ def steps_for(profile: Profile) -> list[Step]:
     if profile.wifi or profile.nvs or profile.identity:
         steps.append(Step("write-data", write_data))
     steps += [Step("verify", verify), Step("reset", reset)]
+    if profile.identity and profile.identity.certificate.key_origin == "board":
+        steps.append(Step("identity", identity_on_board))  # the app the reset booted makes the key
     return steps
 
 
@@ -141,6 +144,13 @@ def verify(ctx: DeviceContext) -> str:
 def reset(ctx: DeviceContext) -> str:
     ctx.session.reset()
     return "reset into the app"
+
+
+def identity_on_board(ctx: DeviceContext) -> str:
+    board, _ = _ready(ctx)
+    assert ctx.identity is not None and ctx.ca is not None and ctx.ledger is not None
+    with ctx.session.app_port() as port:
+        return issue_on_board(ctx.identity, ctx.ca, ctx.ledger, ctx.device_id, board, port)
 
 
 def build_payloads(ctx: DeviceContext) -> list[FlashImage]:

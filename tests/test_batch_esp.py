@@ -206,3 +206,23 @@ def test_prompt_nobody_acts_on_fails_the_board(profile, bench, tmp_path):
         engine.close()
     (reason,) = summary.failed.values()
     assert "nobody acted on \"Hold BOOT" in reason
+
+
+def test_key_made_on_the_board(bench, tmp_path):
+    """The board's agent makes the key; what lands in its flash is a certificate for that key, and the
+    station never held the private key."""
+    profile = load_profile(PROFILES / "esp32-secure-sensor.toml")
+    boards = demo_fleet(4)[::3]  # two ESP32s
+    server = bench(boards)
+    journal = Journal(tmp_path / "j.sqlite3")
+    summary = run_batch(profile, tmp_path / "registry", journal)
+    assert summary.failed == {} and sorted(summary.passed) == sorted(server.locations)
+    for board in boards:
+        assert_identity_in_flash(profile, board)  # the agent committed it to esp_secure_cert
+        record = next(d for d in journal.devices() if d.mac == board.mac_text).identity
+        assert record["key_origin"] == "board"
+        cert = x509.load_pem_x509_certificate(record["certificate"].encode())
+        masa = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier("1.3.6.1.5.5.7.1.32"))
+        assert masa.value.value == b"\x16\x10masa.example.com"
+    steps = [s.name for s in journal.steps(journal.devices()[0].id)]
+    assert steps[-2:] == ["reset", "identity"]

@@ -176,7 +176,8 @@ def test_demo_set_script_writes_and_pins_files(tmp_path, capsys):
         "mqtt-sensor-esp32/mqtt-sensor.bin", "mqtt-sensor-esp32c3/bootloader.bin",
         "mqtt-sensor-esp32c3/partition-table.bin", "mqtt-sensor-esp32c3/mqtt-sensor.bin",
         "ota-switch-esp8266/bootloader.bin", "ota-switch-esp8266/partition-table.bin",
-        "ota-switch-esp8266/ota-switch.bin",
+        "ota-switch-esp8266/ota-switch.bin", "secure-sensor-esp32/bootloader.bin",
+        "secure-sensor-esp32/partition-table.bin", "secure-sensor-esp32/secure-sensor.bin",
     }
     for path in written:
         assert hashlib.sha256(path.read_bytes()).hexdigest() in printed

@@ -6,6 +6,7 @@ in the port's worker thread. `abort()` may be called from another thread to unbl
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from typing import Callable
@@ -130,6 +131,21 @@ class EspSession:
             except (FatalError, SerialException, OSError) as exc:
                 raise StepFailed(explain(exc, "reset")) from exc
         self.close()
+
+    @contextlib.contextmanager
+    def app_port(self, baud: int = 115200):
+        """The board's serial port at the app's baud rate, after `reset()` booted the app. Opening it does not
+        reset the board (DTR and RTS both asserted hold EN and IO0 where they are)."""
+        port = serial.serial_for_url(self.url, baudrate=baud, timeout=0.1, exclusive=True, do_not_open=True)
+        with self._lock:
+            self._serial = port
+        try:
+            port.open()
+            yield port
+        except (SerialException, OSError) as exc:
+            raise StepFailed(f"Lost the connection to the board's app ({exc})") from exc
+        finally:
+            self.close()
 
     def abort(self) -> None:
         """Unblock a transfer from another thread (timeout, Stop): closing the port makes esptool's read fail."""

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from station.identity.ca import StationCA
-from station.identity.idevid import host_identity, public_jwk, render_serial
+from station.identity.idevid import check_csr, host_identity, issue_idevid, public_jwk, render_serial
 from station.identity.ledger import Ledger, serial_hex
 from station.model import BoardInfo, StepFailed
 from station.payloads.partition_table import Partition
@@ -63,6 +63,45 @@ def issue_on_host(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id: 
     if plan.store == "esp_secure_cert":
         return build_secure_cert(der, root_der, key, partition_size=plan.partition.size)
     return build_identity_fs(identity_files(der, key, [root_der]), size=plan.partition.size)
+
+
+def issue_on_board(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id: str, board: BoardInfo,
+                   serial_port) -> str:
+    """The key is made on the board: its provisioning agent (docs/agent-protocol.md), running in the app just
+    booted, makes the key and returns a CSR; the station checks it, issues the certificate and hands back the
+    chain and trust anchor; COMMIT seals it (the board refuses to re-key afterwards)."""
+    from station.boards.agent import AgentClient, AgentError
+    from station.identity import IdentityError
+
+    agent = AgentClient(serial_port, timeout=5.0)
+    try:
+        info = agent.get_info()
+        if info.mac.lower() != board.mac.lower():
+            raise StepFailed(f"The provisioning agent answers with MAC {info.mac}, but the board detected on this "
+                             f"port is {board.mac}; is another board on this port?")
+        if info.state == "committed":
+            raise StepFailed(f"The board already holds a committed identity ({info.subject_serial}) and refuses a "
+                             f"new key; it needs its secure storage erased before it can be provisioned again")
+        if plan.spec.certificate.key_type not in info.key_types:
+            raise StepFailed(f"The board's agent makes {', '.join(info.key_types)} keys, but the profile asks for "
+                             f"{plan.spec.certificate.key_type}; change [identity] key_type")
+        public_key = agent.generate_key(plan.subject_serial, plan.spec.certificate.key_type)
+        csr = agent.get_csr().public_bytes(serialization.Encoding.DER)
+        certified = check_csr(csr, plan.spec.certificate, plan.facts, ledger)
+        if certified.public_numbers() != public_key.public_numbers():
+            raise StepFailed("The board's CSR is for another key than the one it just made; its agent is broken")
+        if plan.replaces:
+            ledger.void(plan.replaces, f"re-provisioned as device {device_id}")
+        cert = issue_idevid(ca, plan.spec.certificate, certified, plan.facts, ledger, device_id=device_id)
+        plan.record = identity_record(plan, ca, cert)
+        der = lambda c: c.public_bytes(serialization.Encoding.DER)  # noqa: E731
+        agent.put_chain([der(cert), *(der(c) for c in ca.chain[:-1])], [der(ca.root)])
+        agent.commit()
+        if agent.get_info().state != "committed":
+            raise StepFailed("The board's agent accepted COMMIT but does not report its identity as committed")
+    except (AgentError, IdentityError) as exc:
+        raise StepFailed(f"On-board identity: {exc}") from exc
+    return f"key made on the board; {plan.subject_serial} certified ({serial_hex(cert)}) and committed"
 
 
 def read_back_certificate(plan: IdentityPlan, image: bytes) -> x509.Certificate:

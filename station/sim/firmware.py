@@ -305,18 +305,19 @@ def _check_text(field: str, text: str) -> None:
 # --- demo firmware set -----------------------------------------------------------------------
 
 DEMO_PRODUCTS = {
-    # directory: (chip, project, version, app size, seed)
-    "mqtt-sensor-esp32": ("ESP32", "mqtt-sensor", "1.4.0", 300 * 1024, 1),
-    "mqtt-sensor-esp32c3": ("ESP32-C3", "mqtt-sensor", "1.4.0", 280 * 1024, 2),
-    "ota-switch-esp8266": ("ESP8266", "ota-switch", "2.1.0", 300 * 1024, 3),  # ESP8266_RTOS_SDK, 2 OTA slots
+    # directory: (chip, project, version, app size, seed, links the on-board identity agent)
+    "mqtt-sensor-esp32": ("ESP32", "mqtt-sensor", "1.4.0", 300 * 1024, 1, False),
+    "mqtt-sensor-esp32c3": ("ESP32-C3", "mqtt-sensor", "1.4.0", 280 * 1024, 2, False),
+    "ota-switch-esp8266": ("ESP8266", "ota-switch", "2.1.0", 300 * 1024, 3, False),  # ESP8266_RTOS_SDK, 2 OTA slots
+    "secure-sensor-esp32": ("ESP32", "secure-sensor", "1.0.0", 300 * 1024, 4, True),  # makes its own key
 }
 
 
 def demo_firmware_set() -> dict[str, list[tuple[int, str, bytes]]]:
     """directory -> [(flash offset, file name, bytes)] for the shipped demo profiles."""
     result = {}
-    for directory, (chip, project, version, size, seed) in DEMO_PRODUCTS.items():
-        app = make_app_image(chip, project, version, size=size, seed=seed)
+    for directory, (chip, project, version, size, seed, agent) in DEMO_PRODUCTS.items():
+        app = make_app_image(chip, project, version, size=size, seed=seed, identity_agent=agent)
         rom = rom_class(chip)
         if rom is ESP8266ROM:
             result[directory] = [
