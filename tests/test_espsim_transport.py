@@ -303,3 +303,14 @@ def test_an_espsim_url_that_is_not_an_emulator_is_refused_clearly():
         listener.close()
     with pytest.raises(serial.SerialException, match=r"expected espsim://<host>:<port>"):
         open_port("espsim://127.0.0.1")
+
+
+def test_a_late_preamble_still_gets_a_framed_connection(monkeypatch):
+    import station.sim.esp_server as esp_server
+
+    monkeypatch.setattr(esp_server, "SNIFF_S", 0.0)  # as if the client thread stalled past the sniff window
+    board = app_board()
+    with EspSimServer([board]) as server, closing(open_port(server.station_urls[0])) as port:
+        assert isinstance(board.mode, RomLoader)  # the server took it for socket:// and reset the board
+        ClassicReset(port)()
+        assert port.read(port.in_waiting).endswith(b"waiting for download\r\n")

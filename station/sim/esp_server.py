@@ -224,6 +224,7 @@ class _TcpLine(_Line):
     def _run_raw(self, first: bytes, eof: bool) -> None:
         self.board.attach(self.write)
         self.board.reset()  # fresh ROM loader in download mode
+        late_preamble = b""
         try:
             if first:
                 self.deliver(first)
@@ -234,9 +235,17 @@ class _TcpLine(_Line):
                     break
                 if not data:
                     break
+                if not first and data.startswith(PREAMBLE):
+                    late_preamble = data  # an espsim:// client that was slower than SNIFF_S to say so
+                    break
+                first = first or data
                 self.deliver(data)
         finally:
             self.board.detach(self.write)
+        if late_preamble:
+            log.warning("%s: espsim:// preamble came after %.2f s; the board was reset as for socket://",
+                        self.board.name, SNIFF_S)
+            self._run_framed(late_preamble[len(PREAMBLE):])
 
     # espsim://: framed, DTR/RTS drive the auto-reset circuit
 
