@@ -48,9 +48,6 @@ class Engine:
         self.profile = profile
         self.discovery = discovery
         self.journal = journal
-        if profile.identity and ca is None:
-            raise ValueError("The profile makes device identities, but no station CA is open; run "
-                             "`station ca init` (or use `station demo`, which brings its own)")
         self.ca = ca
         self.ledger = Ledger(journal.path) if profile.identity else None  # certificates live in the journal file
         self.reprovision = reprovision
@@ -226,6 +223,9 @@ class Engine:
             self.outbox.close()
 
     def _start_batch(self, mode: Mode) -> str:
+        if self.profile.identity and self.ca is None:
+            raise ValueError("The profile makes device identities, but no station CA is open; run "
+                             "`station ca init` (or use `station demo`, which brings its own)")
         self._bind_loop()
         return self.journal.start_batch(self.profile.name, self.profile.sha256, mode.value, self.operator,
                                         self.station_id, self.lot)

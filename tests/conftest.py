@@ -19,9 +19,6 @@ import pytest  # noqa: E402
 def qloop(qapp):
     import qasync
 
-    from ui.qtfix import guard_singletons
-
-    guard_singletons()  # PySide6 6.12.0 on CPython 3.11: see ui/qtfix.py
     loop = qasync.QEventLoop(qapp, already_running=True)
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ui-test-io")
     loop.set_default_executor(executor)

@@ -19,11 +19,6 @@ from typing import Awaitable, Callable, Iterable
 
 T0 = time.monotonic()
 
-from ui.qtfix import guard_singletons  # noqa: E402
-
-# here as well as in ui/__init__.py: an editable install can import `ui` as a namespace package, skipping it
-guard_singletons()
-
 from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtGui import QIcon  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
