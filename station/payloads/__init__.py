@@ -3,3 +3,18 @@
 
 class PayloadError(ValueError):
     """A payload cannot be built or read; the message names the thing and the fix."""
+
+
+def load_der_certificate(der: bytes, what: str):
+    """A certificate given as DER bytes, or a PayloadError saying what was passed instead."""
+    from cryptography import x509
+
+    if not isinstance(der, (bytes, bytearray)):
+        raise PayloadError(f"The {what} must be DER bytes, not {type(der).__name__}.")
+    try:
+        return x509.load_der_x509_certificate(bytes(der))
+    except ValueError:
+        raise PayloadError(
+            f"The {what} is not a DER X.509 certificate; pass the certificate's DER bytes "
+            "(convert PEM with `openssl x509 -outform der`)."
+        ) from None

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from littlefs import LittleFS, LittleFSError, UserContext
 
-from station.payloads import PayloadError
+from station.payloads import PayloadError, load_der_certificate
 
 CLIENT_CERT_PATH = "/client.der"
 CLIENT_KEY_PATH = "/client.key"
@@ -77,7 +77,7 @@ def identity_files(
     PKCS#1 DER for RSA, both of which BearSSL's key decoder takes); `/certs.ar` only when CA
     certificates are given (members `ca_000.der`, `ca_001.der`, ... in the order given).
     """
-    device_cert = _load_cert(device_cert_der, "device certificate")
+    device_cert = load_der_certificate(device_cert_der, "device certificate")
     files = {CLIENT_CERT_PATH: device_cert.public_bytes(serialization.Encoding.DER)}
     if private_key is not None:
         _check_key(private_key, device_cert)
@@ -89,7 +89,7 @@ def identity_files(
     if ca_certs_der:
         members = []
         for n, der in enumerate(ca_certs_der):
-            cert = _load_cert(der, f"CA certificate #{n + 1}")
+            cert = load_der_certificate(der, f"CA certificate #{n + 1}")
             members.append((f"ca_{n:03d}.der", cert.public_bytes(serialization.Encoding.DER)))
         files[CERTS_AR_PATH] = build_ar(members)
     return files
@@ -416,18 +416,6 @@ def read_ar(data: bytes) -> list[tuple[str, bytes]]:
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def _load_cert(der: bytes, what: str) -> x509.Certificate:
-    if not isinstance(der, (bytes, bytearray)):
-        raise PayloadError(f"The {what} must be DER bytes, not {type(der).__name__}.")
-    try:
-        return x509.load_der_x509_certificate(bytes(der))
-    except ValueError:
-        raise PayloadError(
-            f"The {what} is not a DER X.509 certificate; pass the certificate's DER bytes "
-            "(convert PEM with `openssl x509 -outform der`)."
-        ) from None
 
 
 def _check_key(key: object, device_cert: x509.Certificate) -> None:

@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from station.payloads import PayloadError
+from station.payloads import PayloadError, load_der_certificate
 
 MAGIC = 0xBA5EBA11
 DEFAULT_PARTITION_SIZE = 0x2000
@@ -85,8 +85,8 @@ def build_secure_cert(
             f"esp_secure_cert partition size {partition_size:#x} is not a positive multiple of "
             "4096 bytes; fix the esp_secure_cert partition size in the partition table."
         )
-    device_cert = _load_cert(device_cert_der, "device certificate")
-    ca_cert = _load_cert(ca_cert_der, "CA certificate")
+    device_cert = load_der_certificate(device_cert_der, "device certificate")
+    ca_cert = load_der_certificate(ca_cert_der, "CA certificate")
     entries = [
         (CA_CERT, ca_cert.public_bytes(serialization.Encoding.PEM) + b"\x00"),
         (DEV_CERT, device_cert.public_bytes(serialization.Encoding.PEM) + b"\x00"),
@@ -193,18 +193,6 @@ def _crc(data: bytes) -> int:
 
 def _name(tlv_type: int) -> str:
     return _NAMES.get(tlv_type, f"USER_DATA_{tlv_type - 50}" if 51 <= tlv_type <= 55 else "unknown")
-
-
-def _load_cert(der: bytes, what: str) -> x509.Certificate:
-    if not isinstance(der, (bytes, bytearray)):
-        raise PayloadError(f"The {what} must be DER bytes, not {type(der).__name__}.")
-    try:
-        return x509.load_der_x509_certificate(bytes(der))
-    except ValueError:
-        raise PayloadError(
-            f"The {what} is not a DER X.509 certificate; pass the certificate's DER bytes "
-            "(convert PEM with `openssl x509 -outform der`)."
-        ) from None
 
 
 def _check_key(key: object, device_cert: x509.Certificate) -> None:
