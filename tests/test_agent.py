@@ -113,14 +113,15 @@ class Flaky:
         data = bytearray(self.port.read(size))
         start = len(self.heard)
         self.heard += data
-        if self.damage_read:  # flip the first payload byte of the next frame (its magic may have come earlier)
+        while self.damage_read:  # flip the first payload byte of the next frame (its magic may have come earlier)
             at = self.heard.find(proto.MAGIC, self._scan_from)
-            if at >= 0 and at + 8 < len(self.heard):
-                if at + 8 >= start:
-                    data[at + 8 - start] ^= 0x01
-                    self.heard[at + 8] ^= 0x01
-                    self.damage_read = False
-                self._scan_from = at + 2
+            if at < 0 or at + 8 >= len(self.heard):
+                break
+            if at + 8 >= start:  # not yet handed to the client
+                data[at + 8 - start] ^= 0x01
+                self.heard[at + 8] ^= 0x01
+                self.damage_read = False
+            self._scan_from = at + 2
         return bytes(data)
 
 
