@@ -7,6 +7,7 @@ fails another port. The engine tells the world what happens only through events 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -292,6 +293,8 @@ class Engine:
     def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> None:
         """The device's last journal entries: a failed board's certificate is voided first; a passed board's
         registration is put in the outbox (durably) before the board is reported done."""
+        if ctx.payloads is not None:
+            concurrent.futures.wait([ctx.payloads])  # a certificate issued beside a failed flash must be voided too
         plan = ctx.identity
         if plan is not None and plan.record:
             if result is not Result.PASS:

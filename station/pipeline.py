@@ -15,6 +15,7 @@ from station.boards.esp import EspSession
 from station.boards.esp_image import ImageError, check_app_image
 from station.model import BoardInfo, PortInfo, StepFailed
 from station.payloads import PayloadError
+from station.identity import IdentityError
 from station.identity.ca import StationCA
 from station.identity.ledger import Ledger, serial_hex
 from station.identity.provision import (IdentityPlan, issue_on_board, issue_on_host, plan_identity,
@@ -117,7 +118,7 @@ def write_data(ctx: DeviceContext) -> str:
         raise StepFailed("Payloads were not prepared (check step did not run)")
     try:
         images: list[FlashImage] = ctx.payloads.result()
-    except PayloadError as exc:
+    except (PayloadError, IdentityError) as exc:
         raise StepFailed(str(exc)) from exc
     ctx.session.write([(i.offset, i.data) for i in images])
     ctx.written += images

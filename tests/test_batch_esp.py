@@ -226,3 +226,17 @@ def test_key_made_on_the_board(bench, tmp_path):
         assert masa.value.value == b"\x16\x10masa.example.com"
     steps = [s.name for s in journal.steps(journal.devices()[0].id)]
     assert steps[-2:] == ["reset", "identity"]
+
+
+def test_a_board_that_vanishes_while_its_certificate_is_issued_leaves_no_live_certificate(profile, bench, tmp_path):
+    boards = demo_fleet(1)
+    boards[0].faults = EspFaults(unplug_after_bytes=4096)  # gone at the very start of the flash
+    bench(boards)
+    journal = Journal(tmp_path / "j.sqlite3")
+    summary = run_batch(profile, tmp_path / "registry", journal)
+    assert len(summary.failed) == 1
+    from station.identity.ledger import Ledger
+
+    with Ledger(journal.path) as ledger:
+        records = ledger.records()
+    assert records and all(not r.live for r in records)  # issued, then voided with the failed board
