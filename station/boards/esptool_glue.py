@@ -51,7 +51,7 @@ class _PortRoutedLog(EspLogBase):
         self._emit("debug", args, "print", **kwargs)
 
     def note(self, *args) -> None:
-        self._emit("info", args, "note")
+        self._emit("debug", args, "note")  # esptool's notes are for developers; warnings stay visible
 
     def hint(self, *args) -> None:
         self._emit("info", args, "hint")
