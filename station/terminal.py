@@ -44,6 +44,8 @@ class TerminalReport:
                 self._shown.pop(e.key, None)
                 mark = "ok " if e.ok else "ERR"
                 return f"[{e.key}] {mark} {e.step} ({e.seconds:.1f} s): {e.detail}"
+            case ev.OperatorPrompt():
+                return f"[{e.key}] NEEDS YOU: {e.prompt} (then the station carries on by itself)"
             case ev.DeviceDone():
                 verdict = "PASS" if e.ok else f"FAIL: {e.reason}"
                 return f"[{e.key}] {verdict}  ({e.seconds:.1f} s)"

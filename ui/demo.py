@@ -6,9 +6,9 @@ demo adds two things a real bench has and an emulator does not:
 
 * a scripted operator: when the station asks for a hand on the "wrong boot mode" board (OperatorPrompt), it
   waits 3 s, pulls the board, fixes its straps and plugs it back in; the station notices the re-enumeration
-  and carries on by itself. Over `socket://` esptool cannot reset a board, so today the station sees only
-  silence from that board and no prompt comes: then the scripted operator fixes the straps before the
-  station's second detect attempt, and says so in the station log.
+  and carries on by itself. The board is an ESP32: esptool reads the boot mode from the ROM's boot log on
+  ESP32 and later only, so on an ESP8266 (or wherever no prompt comes) the scripted operator fixes the
+  straps before the station's second detect attempt instead, and says so in the station log.
 * tile menu entries to unplug / plug back an emulated board.
 """
 from __future__ import annotations
@@ -63,9 +63,9 @@ class DemoHarness(QObject):
             board.faults = EspFaults()
             self.fixed_without_prompt = True
             self.station.bridge.note(
-                "demo: no operator prompt came (over socket:// the station cannot reset the board to read its "
-                "boot mode, so it only sees silence); the scripted operator fixed the board's boot straps before "
-                "the second attempt", "warning", self.prompt_key)
+                "demo: no operator prompt came (the station saw only silence, not the ROM's boot mode); the "
+                "scripted operator fixed the board's boot straps before the second attempt", "warning",
+                self.prompt_key)
 
     def _name(self) -> str:
         return self.station.settings.name(self.prompt_key) if self.prompt_key else ""
@@ -175,7 +175,7 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
         autoquit = os.environ.get("STATION_DEMO_AUTOQUIT", "") not in ("", "0")
     screenshot = screenshot or os.environ.get("STATION_DEMO_SCREENSHOT") or None
     fleet = demo_fleet(boards, faults=faults)  # with faults, the last board vanishes mid-flash
-    prompt_index = 2 if faults and boards >= 4 else None
+    prompt_index = 3 if faults and boards >= 5 else None  # an ESP32 (see demo_fleet's chip order)
     if prompt_index is not None:
         fleet[prompt_index].faults = EspFaults(wrong_boot_mode=True)
     registry = tempfile.TemporaryDirectory(prefix="station-sim-")

@@ -2,11 +2,8 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python -m ui.screenshots [OUT_DIR]
 
-Everything on screen comes from the engine driving emulated boards, with one exception, said here and in the
-README: over today's `socket://`-style emulator transport esptool cannot reset a board, so the station sees a
-board with wrong boot straps only as silence and emits no OperatorPrompt. For the picture, the script hands the
-bridge the OperatorPrompt the engine sends for a wrong boot mode (station.boards.esp's own prompt text) when
-that board's first detect fails; the tile shows exactly what it shows when the engine sends it.
+Everything on screen comes from the engine driving emulated boards; the demo's scripted operator (ui.demo)
+answers the board with wrong boot straps when the station asks for a hand.
 """
 from __future__ import annotations
 
@@ -22,18 +19,11 @@ from station.sim.esp_board import EspFaults
 from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
 from ui.app import PROFILES_DIR, Station, run
-from ui.demo import configure_demo, prepare_layout, start_demo_cloud, wait_for_ports
+from ui.demo import DemoHarness, configure_demo, prepare_layout, start_demo_cloud, wait_for_ports
 from ui.state import Phase
 
-PROMPT_BOARD = 2  # A3
+PROMPT_BOARD = 3  # A4, an ESP32: esptool reads the boot mode from its boot log
 
-
-def boot_prompt() -> str:
-    try:
-        from station.boards.esp import BOOT_MODE_PROMPT
-        return BOOT_MODE_PROMPT
-    except ImportError:
-        return "Hold BOOT, press and release RESET, then release BOOT"
 
 
 async def until(predicate, timeout: float = 30.0, step: float = 0.02) -> bool:
@@ -61,6 +51,7 @@ def main(argv: list[str]) -> int:
         station = Station(Path(work.name) / "data", [SimPortSource(Path(work.name) / "registry")],
                           profile=PROFILES_DIR / "demo-mixed.toml", operator="alice", station_id="bench-1-demo",
                           title_suffix=" — demo (emulated boards)")
+        station.harness = DemoHarness(station, server, PROMPT_BOARD)  # the scripted operator
         configure_demo(station)
         prepare_layout(station, server.locations)
         station.window.resize(1500, 940)
@@ -78,10 +69,6 @@ def main(argv: list[str]) -> int:
             shots.append(str(path))
             print(f"screenshot: {path}", flush=True)
 
-        def prompt_now() -> None:  # see the module docstring
-            b.handle(ev.OperatorPrompt(key, "detect", boot_prompt(), b.tiles[key].retrying or
-                                       "No answer from the board: is it powered and in download mode?"))
-
         cloud = await start_demo_cloud(station)
         if cloud is not None:
             clouds.append(cloud)
@@ -90,13 +77,9 @@ def main(argv: list[str]) -> int:
         save("01-ready")
         w.lot_edit.returnPressed.emit()
         await c.start_batch()
-        await until(lambda: b.tiles[server.locations[-1]].phase is Phase.FAIL
-                    and b.tiles[key].phase is Phase.WORKING and b.tiles[key].step == "detect"
-                    and any(t.phase in (Phase.VERIFYING, Phase.PASS) for t in b.tiles.values())
-                    and any(t.phase is Phase.WORKING and t.total for t in b.tiles.values()))
-        prompt_now()  # and grab at once: the next engine event for A3 moves it on (see the docstring)
+        await until(lambda: b.tiles[key].phase is Phase.OPERATOR)  # the engine asks for a hand on A4
         save("02-batch-running")
-        await until(lambda: not c.busy, 60)
+        await until(lambda: not c.busy, 120)
         await until(lambda: b.counts()[2] == 0, 10)  # the cloud confirmed the passed boards
         await asyncio.sleep(0.3)
         save("03-batch-done")
