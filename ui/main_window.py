@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (
 )
 
 from station.journal import Journal
-from ui import theme
 from ui.bridge import EngineBridge
 from ui.controller import BATCH, IDLE, ONE_TOUCH, STARTING, StationController
 from ui.history import HistoryPage
@@ -22,7 +21,7 @@ from ui.lock import SupervisorLock
 from ui.logpane import LogPane, format_line
 from ui.settings_page import SettingsPage
 from ui.sound import Sounds
-from ui.state import Phase, clock
+from ui.state import Phase
 from ui.store import UiSettings
 from ui.tiles import Legend, TileGrid
 

@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from station import events as ev
 from station.discovery.sim_ports import SimPortSource
 from station.sim.esp_board import EspFaults
 from station.sim.esp_server import EspSimServer

@@ -18,3 +18,15 @@ def load_der_certificate(der: bytes, what: str):
             f"The {what} is not a DER X.509 certificate; pass the certificate's DER bytes "
             "(convert PEM with `openssl x509 -outform der`)."
         ) from None
+
+
+def check_key_matches(key, device_cert) -> None:
+    """Refuse a private key that is not the one the device certificate was issued for."""
+    from cryptography.hazmat.primitives import serialization
+
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(der, spki) != device_cert.public_key().public_bytes(der, spki):
+        raise PayloadError(
+            "The device private key does not belong to the device certificate (their public "
+            "keys differ); pass the key the certificate was issued for."
+        )

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from littlefs import LittleFS, LittleFSError, UserContext
 
-from station.payloads import PayloadError, load_der_certificate
+from station.payloads import PayloadError, check_key_matches, load_der_certificate
 
 CLIENT_CERT_PATH = "/client.der"
 CLIENT_KEY_PATH = "/client.key"
@@ -430,10 +430,4 @@ def _check_key(key: object, device_cert: x509.Certificate) -> None:
             f"The device private key is a {type(key).__name__}; BearSSL firmware takes EC or RSA "
             "keys (pass a cryptography EllipticCurvePrivateKey or RSAPrivateKey)."
         )
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(serialization.Encoding.DER, public) != device_cert.public_key(
-    ).public_bytes(serialization.Encoding.DER, public):
-        raise PayloadError(
-            "The device private key does not belong to the device certificate (their public "
-            "keys differ); pass the key the certificate was issued for."
-        )
+    check_key_matches(key, device_cert)

@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from station.payloads import PayloadError, load_der_certificate
+from station.payloads import PayloadError, check_key_matches, load_der_certificate
 
 MAGIC = 0xBA5EBA11
 DEFAULT_PARTITION_SIZE = 0x2000
@@ -201,10 +201,4 @@ def _check_key(key: object, device_cert: x509.Certificate) -> None:
             f"The device private key is a {type(key).__name__}; esp_secure_cert stores EC or RSA "
             "keys (pass a cryptography EllipticCurvePrivateKey or RSAPrivateKey)."
         )
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(serialization.Encoding.DER, public) != device_cert.public_key(
-    ).public_bytes(serialization.Encoding.DER, public):
-        raise PayloadError(
-            "The device private key does not belong to the device certificate (their public "
-            "keys differ); pass the key the certificate was issued for."
-        )
+    check_key_matches(key, device_cert)

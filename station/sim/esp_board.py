@@ -432,7 +432,7 @@ class _Loader:
         session.next_seq += 1
         self.reply(op)
 
-    def on_flash_begin(self, data: bytes, _chk: int) -> None:
+    def _begin(self, data: bytes, compressed: bool) -> None:
         raise NotImplementedError
 
     def write_flash(self, session: _FlashSession, chunk: bytes) -> None:
@@ -478,6 +478,15 @@ class _Loader:
         if self.board.faults.bad_md5:
             digest = hashlib.md5(digest).digest()
         return digest
+
+    # FLASH_BEGIN and FLASH_DEFL_BEGIN differ between ROM and stub only in `_begin` (erase now or as it goes)
+    def on_flash_begin(self, data: bytes, _chk: int) -> None:
+        self._begin(data, compressed=False)
+        self.reply(Op.FLASH_BEGIN)
+
+    def on_defl_begin(self, data: bytes, _chk: int) -> None:
+        self._begin(data, compressed=True)
+        self.reply(Op.FLASH_DEFL_BEGIN)
 
 
 class RomLoader(_Loader):
@@ -525,14 +534,6 @@ class RomLoader(_Loader):
         self.board.flash.erase(offset, self.rom_erase_length(offset, erase_size))
         self.session = _FlashSession(offset, erase_size, block_size, compressed, 0, 0,
                                      inflater=zlib.decompressobj() if compressed else None)
-
-    def on_flash_begin(self, data: bytes, _chk: int) -> None:
-        self._begin(data, compressed=False)
-        self.reply(Op.FLASH_BEGIN)
-
-    def on_defl_begin(self, data: bytes, _chk: int) -> None:
-        self._begin(data, compressed=True)
-        self.reply(Op.FLASH_DEFL_BEGIN)
 
     def rom_erase_length(self, offset: int, erase_size: int) -> int:
         if not self.chip.rom_erase_bug or erase_size == 0:
@@ -625,14 +626,6 @@ class StubLoader(_Loader):
         erase_end = -(-(offset + size) // SECTOR) * SECTOR
         self.session = _FlashSession(offset, size, block_size, compressed, erase_start, erase_end,
                                      inflater=zlib.decompressobj() if compressed else None)
-
-    def on_flash_begin(self, data: bytes, _chk: int) -> None:
-        self._begin(data, compressed=False)
-        self.reply(Op.FLASH_BEGIN)
-
-    def on_defl_begin(self, data: bytes, _chk: int) -> None:
-        self._begin(data, compressed=True)
-        self.reply(Op.FLASH_DEFL_BEGIN)
 
     def write_flash(self, session: _FlashSession, chunk: bytes) -> None:
         remaining = session.size - session.written
