@@ -60,3 +60,40 @@ def arun(aloop, qtbot):
         return task.result()
 
     return run
+
+
+@pytest.fixture
+def stations(tmp_path, arun, qtbot):
+    """stations(boards, profile, ...): a window on emulated boards served from a registry in tmp_path; every
+    window and emulator opened through it is closed after the test. Returns (station, server)."""
+    from station.discovery.sim_ports import SimPortSource
+    from station.sim.esp_server import EspSimServer
+    from ui.app import Station
+
+    made = []
+
+    def open_station(boards, profile, *, plug=True, prefix="sim-1", ca_provider=None, before_start=None):
+        registry = tmp_path / "registry"
+        registry.mkdir(exist_ok=True)
+        server = EspSimServer(boards, registry_dir=registry, location_prefix=prefix)
+        if plug:
+            server.start()
+        station = Station(tmp_path / "data", [SimPortSource(registry)], profile=profile, operator="tester",
+                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100)
+        if ca_provider is not None:
+            station.controller.ca_provider = ca_provider
+        if before_start is not None:
+            before_start(station)
+        station.window.ask = False
+        made.append((station, server))
+        station.window.show()
+        qtbot.waitExposed(station.window)
+        arun(station.start())
+        return station, server
+
+    yield open_station
+    for station, server in made:
+        arun(station.close())
+        station.window.close()
+        station.window.deleteLater()
+        server.stop()

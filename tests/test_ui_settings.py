@@ -8,11 +8,9 @@ import pytest
 from keyring.backend import KeyringBackend
 from PySide6.QtWidgets import QLabel, QLineEdit
 
-from station.discovery.sim_ports import SimPortSource
 from station.sim.esp_board import EspFaults
-from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
-from ui.app import PROFILES_DIR, Station
+from ui.app import PROFILES_DIR
 from ui.state import Phase
 
 SECRET = "keyring-only-passphrase-9"
@@ -55,32 +53,11 @@ def keyring_profile(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def station_on(tmp_path, arun, qtbot, monkeypatch):
-    made = []
-
+def station_on(stations):
     def make(boards, profile, ca_provider=None, plug=True):
-        registry = tmp_path / "registry"
-        registry.mkdir(exist_ok=True)
-        server = EspSimServer(boards, registry_dir=registry)
-        if plug:
-            server.start()
-        station = Station(tmp_path / "data", [SimPortSource(registry)], profile=profile, operator="tester",
-                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100)
-        if ca_provider is not None:
-            station.controller.ca_provider = ca_provider
-        station.window.ask = False
-        station.window.show()
-        qtbot.waitExposed(station.window)
-        made.append((station, server))
-        arun(station.start())
-        return station, server
+        return stations(boards, profile, plug=plug, ca_provider=ca_provider)
 
-    yield make
-    for station, server in made:
-        arun(station.close())
-        station.window.close()
-        station.window.deleteLater()
-        server.stop()
+    return make
 
 
 def shown_text(window) -> str:

@@ -5,16 +5,13 @@ Offscreen Qt, one shared qasync loop (tests/conftest.py); every wait is qtbot.wa
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
 
-from station.discovery.sim_ports import SimPortSource
 from station.sim.esp_board import EspFaults
-from station.sim.esp_server import EspSimServer
 from station.sim.fleet import demo_fleet
-from ui.app import PROFILES_DIR, Station
+from ui.app import PROFILES_DIR
 from ui.controller import IDLE, ONE_TOUCH
 from ui.state import Phase
 
@@ -25,13 +22,14 @@ PSK = "ui-test-passphrase-7"
 
 
 @pytest.fixture
-def bench(tmp_path, arun, qtbot, monkeypatch):
+def bench(stations, monkeypatch):
     """make(boards, plug=True, prefix="sim-1", cloud=False) -> (station, server): the window over emulated boards,
     with an ephemeral CA and, with `cloud`, a real Mosquitto on loopback to register them with."""
+    from station.cli import demo_broker
     from station.identity.ca import StationCA
 
     monkeypatch.setenv("STATION_DEMO_WIFI_PSK", PSK)
-    made, clouds = [], []
+    clouds = []
 
     def make(boards, plug=True, prefix="sim-1", cloud=False):
         ca = StationCA.ephemeral("UI test station")
@@ -39,33 +37,15 @@ def bench(tmp_path, arun, qtbot, monkeypatch):
         async def ca_provider():
             return ca
 
-        registry = tmp_path / "registry"
-        registry.mkdir(exist_ok=True)
-        server = EspSimServer(boards, registry_dir=registry, location_prefix=prefix)
-        if plug:
-            server.start()
-        station = Station(tmp_path / "data", [SimPortSource(registry)], profile=PROFILE, operator="tester",
-                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100)
-        station.controller.ca_provider = ca_provider
-        if cloud:
-            from station.cli import demo_broker
-
+        def attach_cloud(station):
             context = demo_broker(ca)
             station.controller.broker = context.__enter__()
             clouds.append(context)
-        station.window.ask = False
-        made.append((station, server))
-        station.window.show()
-        qtbot.waitExposed(station.window)
-        arun(station.start())
-        return station, server
+
+        return stations(boards, PROFILE, plug=plug, prefix=prefix, ca_provider=ca_provider,
+                        before_start=attach_cloud if cloud else None)
 
     yield make
-    for station, server in made:
-        arun(station.close())
-        station.window.close()
-        station.window.deleteLater()
-        server.stop()
     for context in clouds:
         context.__exit__(None, None, None)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import inspect
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
@@ -24,7 +23,6 @@ from ui.bridge import EngineBridge
 from ui.store import UiSettings
 
 IDLE, STARTING, BATCH, ONE_TOUCH = "", "starting", "batch", "one-touch"
-_ENGINE_ARGS = inspect.signature(Engine.__init__).parameters  # the engine grows (ca, reprovision, …)
 
 
 def needs_ca(profile: Profile | None) -> bool:
@@ -125,19 +123,13 @@ class StationController(QObject):
             self.engine = None
         if self.profile is None:
             return None
-        profile, kwargs = self.profile, {}
-        if needs_ca(profile):
-            if full:
-                kwargs["ca"] = self.ca
-            else:  # Engine refuses an identity profile without a CA; looking at ports needs neither
-                profile = dataclasses.replace(profile, identity=None)
-        if getattr(profile, "cloud", None) is not None:
-            if full and "registrar" in _ENGINE_ARGS:
+        profile, kwargs = self.profile, {"reprovision": self.reprovision_default}
+        if full:
+            kwargs["ca"] = self.ca
+            if profile.cloud is not None:
                 kwargs["registrar"] = self._registrar(profile)
-            elif not full:  # no outbox for an engine that only looks at ports
-                profile = dataclasses.replace(profile, cloud=None)
-        if "reprovision" in _ENGINE_ARGS:
-            kwargs["reprovision"] = self.reprovision_default
+        elif profile.cloud is not None:  # no outbox for an engine that only looks at ports
+            profile = dataclasses.replace(profile, cloud=None)
         engine = Engine(profile, self.discovery, self.journal, operator=self.operator, station_id=self.station_id,
                         lot=self.lot, psk=psk, poll_interval=self.poll_interval, **kwargs)
         self.bridge.registering = "registrar" in kwargs  # passed boards wait in the outbox until the cloud answers
