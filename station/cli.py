@@ -11,8 +11,7 @@ from pathlib import Path
 
 import click
 
-from station.discovery import Discovery, PortSource
-from station.discovery.serial_ports import SerialPortSource
+from station.discovery import Discovery, PortSource, hub_sources
 from station.discovery.sim_ports import SimPortSource
 from station.discovery.static_ports import StaticPortSource
 from station.engine import BatchSummary, Engine
@@ -129,8 +128,8 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
 @click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False),
               help="Product profile (TOML); examples in profiles/.")
 @click.option("--port", "ports", multiple=True, metavar="URL",
-              help="Only these ports (tty path or socket://host:port); repeatable. Default: every known USB "
-                   "serial bridge.")
+              help="Only these ports (tty path, socket://host:port, usb://BUS-PORT.PORT); repeatable. Default: "
+                   "every known board on USB.")
 @click.option("--one-touch", is_flag=True, help="Provision every allowed board that is plugged in, until Ctrl-C.")
 @click.option("--allow", "allowed", multiple=True, metavar="LOCATION",
               help="One-touch: only these USB locations act (repeatable).")
@@ -148,11 +147,12 @@ def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operat
     ca_ = _open_ca(ctx) if profile.identity else None
     sources: list[PortSource]
     if ports:
-        sources = [StaticPortSource(list(ports))]
+        try:
+            sources = [StaticPortSource(list(ports))]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--port")
     else:
-        sources = [SerialPortSource()]
-        if sim_registry:
-            sources.append(SimPortSource(Path(sim_registry)))
+        sources = hub_sources(Path(sim_registry) if sim_registry else None)
     summary = _provision(ctx, profile, psk, ca_, sources, one_touch, set(allowed) or None, operator_name, lot,
                          verbose, reprovision)
     sys.exit(0 if summary.ok else 1)
@@ -176,8 +176,8 @@ def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
     """
     import secrets
 
-    from station.sim.esp_server import EspSimServer
-    from station.sim.fleet import demo_fleet
+    from station.families.esp.sim.fleet import demo_fleet
+    from station.families.esp.sim.server import EspSimServer
 
     # the demo network's passphrase is made up per run unless given; it is never printed
     os.environ.setdefault(DEMO_PSK_ENV, secrets.token_urlsafe(16))

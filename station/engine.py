@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from station import events as ev
-from station.boards.esp import EspSession
 from station.discovery import Discovery
+from station.families import FAMILIES
 from station.cloud.outbox import Outbox, RegistrationUpdate
 from station.cloud.registrar import DeviceRegistration, Registrar
 from station.identity.ca import StationCA
@@ -24,7 +24,7 @@ from station.identity.ledger import Ledger
 from station.identity.provision import void_identity
 from station.journal import Journal
 from station.model import Mode, PortInfo, PortKey, Result, StepFailed
-from station.pipeline import DeviceContext, Step, steps_for
+from station.steps import DeviceContext, Session, Step
 from station.profiles import Profile
 
 Listener = Callable[[ev.Event], None]
@@ -67,9 +67,9 @@ class Engine:
         self._listeners: list[Listener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[PortKey, asyncio.Task] = {}
-        self._sessions: dict[PortKey, EspSession] = {}
+        self._sessions: dict[PortKey, Session] = {}
         self._progress: dict[PortKey, int] = {}  # last percent per port, for "vanished at 62 %"
-        self._step: dict[PortKey, str] = {}  # the step each port is in
+        self._step: dict[PortKey, Step] = {}  # the step each port is in
         self._last_batch: BatchSummary | None = None
         self._ports_changed: asyncio.Condition | None = None  # notified after every scan
         self.prompt_timeout = 300.0  # seconds an operator has to act on a prompt
@@ -255,23 +255,25 @@ class Engine:
         loop = asyncio.get_running_loop()
         key = port.key
         started = time.monotonic()
-        steps = steps_for(self.profile)
+        family = FAMILIES[port.family]
+        steps = family.steps(self.profile) if family.name in self.profile.families else [self._not_in_profile(port)]
         device_id = await loop.run_in_executor(self.pool, self.journal.start_device, batch_id, key,
                                                port.usb_id, port.family)
         self._progress[key] = 0
         self._device_keys[device_id] = key
-        self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps)))
-        session = EspSession(port.url, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
-                             progress=self._progress_reporter(key))
+        self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps), tuple(s.label for s in steps),
+                                       tuple(s.name for s in steps if s.verifies)))
+        session = family.open_session(port, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
+                                      progress=self._progress_reporter(key))
         self._sessions[key] = session
         ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, device_id=device_id,
                             psk=self._psk, ca=self.ca, ledger=self.ledger, reprovision=self.reprovision)
         result, reason = Result.PASS, ""
         try:
             for index, step in enumerate(steps):
-                self._step[key] = step.name
+                self._step[key] = step
                 await self._run_step(ctx, device_id, step, index)
-                if step.name == "detect" and ctx.board is not None:
+                if step.identifies and ctx.board is not None:
                     self._publish(ev.BoardIdentified(key, ctx.board))
         except StepFailed as exc:
             result, reason = Result.FAIL, await self._explain_failure(key, exc.reason)
@@ -289,6 +291,16 @@ class Engine:
         else:
             summary.failed[key] = reason
         self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
+
+    def _not_in_profile(self, port: PortInfo) -> Step:
+        """A board of a family the profile has no firmware for is refused at once, in plain words."""
+        title = FAMILIES[port.family].title
+
+        def refuse(_ctx: DeviceContext) -> str:
+            raise StepFailed(f"Wrong board: profile '{self.profile.name}' is for {'/'.join(self.profile.chips)}; "
+                             f"this is a {title} board ({port.description or port.usb_id})")
+
+        return Step("detect", "Detecting", refuse, identifies=True)
 
     def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> None:
         """The device's last journal entries: a failed board's certificate is voided first; a passed board's
@@ -325,12 +337,12 @@ class Engine:
                     await self._wait_for_operator(ctx, step.name, exc)
                     attempt -= 1  # a person fixing the board is not a failed attempt
                     continue
-                if attempt > policy.retries or (not exc.retryable and step.name != "detect"):
+                if attempt > policy.retries or (not exc.retryable and not step.identifies):
                     raise
                 self._publish(ev.Log(key, "warning", f"{step.name} failed ({exc.reason}); retrying"))
                 continue
             self._publish(ev.StepDone(key, step.name, True, detail, time.monotonic() - began))
-            if step.name == "detect" and ctx.board is not None:
+            if step.identifies and ctx.board is not None:
                 await asyncio.get_running_loop().run_in_executor(
                     self.pool, self.journal.set_board, device_id, ctx.board.chip, ctx.board.mac,
                     {"description": ctx.board.description, "flash_size": ctx.board.flash_size,
@@ -398,7 +410,8 @@ class Engine:
             if done == 0:  # a new transfer begins
                 start[0] = now
             rate = done / (now - start[0]) if now > start[0] else 0.0
-            self._publish_threadsafe(ev.Progress(key, self._step.get(key, ""), done, total, rate))
+            step = self._step.get(key)
+            self._publish_threadsafe(ev.Progress(key, step.name if step else "", done, total, rate))
 
         return report
 
@@ -407,6 +420,6 @@ class Engine:
         await self.scan()
         if key in self.present:
             return reason
-        step = self._step.get(key, "")
-        at = f" at {self._progress.get(key, 0)} %" if step in ("flash", "write-data") else ""
-        return f"Board vanished during {step}{at} ({reason})"
+        step = self._step.get(key)
+        at = f" at {self._progress.get(key, 0)} %" if step is not None and step.transfers else ""
+        return f"Board vanished during {step.name if step else 'start'}{at} ({reason})"

@@ -31,7 +31,9 @@ class BatchStarted:
 class DeviceStarted:
     key: PortKey
     device_id: str
-    steps: tuple[str, ...]  # the profile's steps, in order
+    steps: tuple[str, ...]  # the board's steps, in order (its family's, for this profile)
+    labels: tuple[str, ...] = ()  # what the window shows while each step runs ("Flashing")
+    verifying: tuple[str, ...] = ()  # the steps that check what was written
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ def stations(tmp_path, arun, qtbot):
     """stations(boards, profile, ...): a window on emulated boards served from a registry in tmp_path; every
     window and emulator opened through it is closed after the test. Returns (station, server)."""
     from station.discovery.sim_ports import SimPortSource
-    from station.sim.esp_server import EspSimServer
+    from station.families.esp.sim.server import EspSimServer
     from ui.app import Station
 
     made = []

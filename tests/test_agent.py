@@ -15,18 +15,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from esptool.reset import ClassicReset, HardReset
 
-from station.boards import agent as proto
-from station.boards.agent import AgentClient, AgentError
-from station.boards.esp import EspSession
-from station.payloads.partition_table import (
+from station.identity import agent as proto
+from station.identity.agent import AgentClient, AgentError
+from station.families.esp.session import EspSession
+from station.families.esp.payloads.partition_table import (
     SUBTYPE_APP_FACTORY, SUBTYPE_DATA_NVS, SUBTYPE_DATA_PHY, TYPE_APP, TYPE_DATA, TYPE_ESP_SECURE_CERT, Partition,
 )
-from station.payloads.secure_cert import CA_CERT, DEV_CERT, PRIV_KEY, read_secure_cert
-from station.sim import agent as sim_agent
-from station.sim.agent import AGENT_MARKER, AgentIdentity, AgentMode
-from station.sim.esp_board import EspBoard, EspFaults, IdleAppMode
-from station.sim.esp_server import EspSimServer
-from station.sim.firmware import (
+from station.families.esp.payloads.secure_cert import CA_CERT, DEV_CERT, PRIV_KEY, read_secure_cert
+from station.families.esp.sim import agent as sim_agent
+from station.families.esp.sim.agent import AGENT_MARKER, AgentIdentity, AgentMode
+from station.families.esp.sim.board import EspBoard, EspFaults, IdleAppMode
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.firmware import (
     make_app_image, make_bootloader_image, make_partition_table, ota_partitions,
 )
 

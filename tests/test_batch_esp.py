@@ -11,14 +11,15 @@ from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine
 from station.journal import Journal
-from station.payloads.nvs import read_nvs
-from station.payloads.partition_table import find_partition, parse_partition_table
+from station.families.esp.payloads.nvs import read_nvs
+from station.families.esp.payloads.partition_table import find_partition, parse_partition_table
 from station.identity.ca import StationCA
-from station.identity.provision import read_back_certificate
-from station.profiles import identity_target, load_profile
-from station.sim.esp_board import EspFaults
-from station.sim.esp_server import EspSimServer
-from station.sim.fleet import demo_fleet
+from station.families.esp.identity import read_back_certificate
+from station.families.esp.profile import identity_target
+from station.profiles import load_profile
+from station.families.esp.sim.board import EspFaults
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.fleet import demo_fleet
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 PSK = "correct horse battery"
@@ -107,10 +108,10 @@ def assert_identity_in_flash(profile, board):
     """The board's own flash holds a certificate from the station CA, for its MAC, with the matching key."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from station.payloads.littlefs import CLIENT_KEY_PATH, read_fs
-    from station.payloads.secure_cert import PRIV_KEY, read_secure_cert
+    from station.families.esp.payloads.littlefs import CLIENT_KEY_PATH, read_fs
+    from station.families.esp.payloads.secure_cert import PRIV_KEY, read_secure_cert
 
-    store, part = identity_target(profile.identity, profile.firmware[board.chip.display_name])
+    store, part = identity_target(profile.options["esp"], profile.firmware[board.chip.display_name])
     image = board.flash.read(part.offset, part.size)
     plan = type("Plan", (), {"store": store})()
     cert = read_back_certificate(plan, image)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from station.journal import Journal
-from station.sim.esp_server import EspSimServer
-from station.sim.fleet import demo_fleet
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.fleet import demo_fleet
 
 PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
 PSK = "bench-passphrase-42"

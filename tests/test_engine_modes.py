@@ -9,10 +9,11 @@ from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine
 from station.identity.ca import StationCA
 from station.journal import Journal
-from station.profiles import StepPolicy, load_profile
-from station.sim.esp_board import EspFaults
-from station.sim.esp_server import EspSimServer
-from station.sim.fleet import demo_fleet
+from station.profiles import load_profile
+from station.steps import StepPolicy
+from station.families.esp.sim.board import EspFaults
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.fleet import demo_fleet
 
 PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
 

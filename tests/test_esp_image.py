@@ -8,15 +8,15 @@ import zlib
 
 import pytest
 
-from station.boards.esp_image import (
+from station.families.esp.image import (
     ImageError,
     check_app_image,
     check_bootloader_image,
     image_chip,
 )
-from station.payloads.partition_table import find_partition, parse_partition_table
-from station.sim import firmware
-from station.sim.firmware import make_app_image, make_bootloader_image, make_partition_table
+from station.families.esp.payloads.partition_table import find_partition, parse_partition_table
+from station.families.esp.sim import firmware
+from station.families.esp.sim.firmware import make_app_image, make_bootloader_image, make_partition_table
 
 MiB = 1 << 20
 

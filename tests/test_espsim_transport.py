@@ -14,12 +14,12 @@ from esptool.reset import ClassicReset, HardReset, UnixTightReset
 from esptool.targets import ESP32ROM
 from esptool.util import FatalError
 
-import station.boards.esp  # noqa: F401 - registers the espsim:// scheme, as the station does
-from station.boards.esp import BOOT_MODE_PROMPT, EspSession
+import station.families.esp.session  # noqa: F401 - registers the espsim:// scheme, as the station does
+from station.families.esp.session import BOOT_MODE_PROMPT, EspSession
 from station.model import StepFailed
-from station.sim import protocol_espsim as espsim
-from station.sim.esp_board import EN_RISE_S, DeafMode, EspBoard, EspFaults, RomLoader
-from station.sim.esp_server import EspSimServer
+from station.families.esp.sim import protocol_espsim as espsim
+from station.families.esp.sim.board import EN_RISE_S, DeafMode, EspBoard, EspFaults, RomLoader
+from station.families.esp.sim.server import EspSimServer
 
 ESP32 = EspBoard("esp32", 1).chip
 SPI_BOOT_TEXT = ESP32.boot_log_spi + b"I (29) boot: 2nd stage bootloader\r\nI (63) boot: Loaded app from partition\r\n"
@@ -306,7 +306,7 @@ def test_an_espsim_url_that_is_not_an_emulator_is_refused_clearly():
 
 
 def test_a_late_preamble_still_gets_a_framed_connection(monkeypatch):
-    import station.sim.esp_server as esp_server
+    import station.families.esp.sim.server as esp_server
 
     monkeypatch.setattr(esp_server, "SNIFF_S", 0.0)  # as if the client thread stalled past the sniff window
     board = app_board()

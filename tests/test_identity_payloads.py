@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from station.payloads import PayloadError
-from station.payloads.littlefs import (
+from station.families.esp.payloads import PayloadError
+from station.families.esp.payloads.littlefs import (
     DISK_VERSION_2_0,
     DISK_VERSION_2_1,
     build_ar,
@@ -29,7 +29,7 @@ from station.payloads.littlefs import (
     read_ar,
     read_fs,
 )
-from station.payloads.secure_cert import (
+from station.families.esp.payloads.secure_cert import (
     CA_CERT,
     DEV_CERT,
     INTEGRITY,

@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from station.payloads import PayloadError
-from station.payloads.nvs import (
+from station.families.esp.payloads import PayloadError
+from station.families.esp.payloads.nvs import (
     NvsValue,
     build_nvs_image,
     build_wifi_nvs,
@@ -17,7 +17,7 @@ from station.payloads.nvs import (
     validate_wifi,
     wifi_namespace,
 )
-from station.payloads.partition_table import (
+from station.families.esp.payloads.partition_table import (
     FLAG_ENCRYPTED,
     SUBTYPE_APP_FACTORY,
     SUBTYPE_DATA_LITTLEFS,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from station.profiles import ProfileError, load_profile, resolve_psk
-from station.sim.firmware import make_app_image
+from station.families.esp.sim.firmware import make_app_image
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 

@@ -20,11 +20,12 @@ from station.identity.ca import StationCA
 from station.identity.idevid import IdevidProfile, host_identity
 from station.identity.ledger import Ledger
 from station.journal import Journal
-from station.payloads.littlefs import CLIENT_CERT_PATH, CLIENT_KEY_PATH, read_fs
-from station.payloads.secure_cert import DEV_CERT, PRIV_KEY, read_secure_cert
-from station.profiles import identity_target, load_profile
-from station.sim.esp_server import EspSimServer
-from station.sim.fleet import demo_fleet
+from station.families.esp.payloads.littlefs import CLIENT_CERT_PATH, CLIENT_KEY_PATH, read_fs
+from station.families.esp.payloads.secure_cert import DEV_CERT, PRIV_KEY, read_secure_cert
+from station.families.esp.profile import identity_target
+from station.profiles import load_profile
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.fleet import demo_fleet
 from station.voiding import void_device
 from tests.test_cloud_pki import DeviceFiles, MqttDevice, free_port, reachable_tempdir, tls_refusal
 
@@ -69,7 +70,7 @@ def provision(folder: Path, ca, broker, boards, registrations=None):
 def device_files(board, folder: Path) -> DeviceFiles:
     """The board's own certificate and key, read out of its emulated flash, as files an MQTT client uses."""
     profile = load_profile(PROFILE)
-    store, part = identity_target(profile.identity, profile.firmware[board.chip.display_name])
+    store, part = identity_target(profile.options["esp"], profile.firmware[board.chip.display_name])
     image = board.flash.read(part.offset, part.size)
     if store == "esp_secure_cert":
         tlv = read_secure_cert(image)

@@ -18,9 +18,9 @@ from esptool.loader import ESPLoader
 from esptool.targets import ESP32C3ROM, ESP32ROM
 from esptool.util import UnsupportedCommandError
 
-from station.sim.esp_board import EspBoard, EspFaults, SlipDecoder, slip_encode, xor_checksum
-from station.sim.esp_chips import MIB
-from station.sim.esp_server import EspSimServer, LinePacer
+from station.families.esp.sim.board import EspBoard, EspFaults, SlipDecoder, slip_encode, xor_checksum
+from station.families.esp.sim.chips import MIB
+from station.families.esp.sim.server import EspSimServer, LinePacer
 
 CHIPS = ["esp32", "esp32c3", "esp8266"]
 NAMES = {"esp32": "ESP32", "esp32c3": "ESP32-C3", "esp8266": "ESP8266"}

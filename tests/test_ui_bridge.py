@@ -33,7 +33,8 @@ def test_progress_is_coalesced_into_a_few_repaints(qtbot):
     bridge = EngineBridge()
     grid = grid_for(bridge, qtbot)
     plugged(bridge)
-    bridge(ev.DeviceStarted(KEY, "dev-1", ("detect", "check", "flash", "verify")))
+    bridge(ev.DeviceStarted(KEY, "dev-1", ("detect", "check", "flash", "verify"),
+                            ("Detecting", "Checking", "Flashing", "Verifying"), ("verify",)))
     bridge(ev.StepStarted(KEY, "flash", 2))
     tile = grid.tiles[KEY]
     qtbot.waitUntil(lambda: tile.paints > 0)
@@ -54,7 +55,8 @@ def test_operator_prompt_shows_and_the_tile_carries_on_when_the_board_comes_back
     bridge = EngineBridge()
     grid = grid_for(bridge, qtbot)
     plugged(bridge)
-    bridge(ev.DeviceStarted(KEY, "dev-1", ("detect", "flash")))
+    bridge(ev.DeviceStarted(KEY, "dev-1", ("detect", "flash", "verify"), ("Detecting", "Flashing", "Verifying"),
+                            ("verify",)))
     bridge(ev.StepStarted(KEY, "detect", 0))
     bridge(ev.StepDone(KEY, "detect", False, "Wrong boot mode detected", 0.4))
     with qtbot.waitSignal(bridge.promptShown) as shown:

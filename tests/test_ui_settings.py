@@ -8,8 +8,8 @@ import pytest
 from keyring.backend import KeyringBackend
 from PySide6.QtWidgets import QLabel, QLineEdit
 
-from station.sim.esp_board import EspFaults
-from station.sim.fleet import demo_fleet
+from station.families.esp.sim.board import EspFaults
+from station.families.esp.sim.fleet import demo_fleet
 from ui.app import PROFILES_DIR
 from ui.state import Phase
 

@@ -9,8 +9,8 @@ import json
 import pytest
 from PySide6.QtCore import Qt
 
-from station.sim.esp_board import EspFaults
-from station.sim.fleet import demo_fleet
+from station.families.esp.sim.board import EspFaults
+from station.families.esp.sim.fleet import demo_fleet
 from ui.app import PROFILES_DIR
 from ui.controller import IDLE, ONE_TOUCH
 from ui.state import Phase

@@ -293,17 +293,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="Where the journal and the window's settings live (default: the user data dir)")
     parser.add_argument("--profile", help="Profile to start with (default: the last one used)")
     parser.add_argument("--sim-registry", default=os.environ.get("STATION_SIM_REGISTRY"),
-                        help="Also find emulated boards served by `station sim esp --registry DIR`")
+                        help="Also find emulated boards served by `station sim esp|dfu --registry DIR`")
     parser.add_argument("--operator", help="Who runs the batches (default: $STATION_OPERATOR or login)")
     args = parser.parse_args(argv)
 
-    from station.discovery.serial_ports import SerialPortSource
-    from station.discovery.sim_ports import SimPortSource
+    from station.discovery import hub_sources
 
     data = default_data_dir(args.data_dir)
-    sources: list[PortSource] = [SerialPortSource()]
-    if args.sim_registry:
-        sources.append(SimPortSource(Path(args.sim_registry)))
+    sources = hub_sources(Path(args.sim_registry) if args.sim_registry else None)
     return run(lambda: Station(data, sources, profile=args.profile, operator=args.operator))
 
 

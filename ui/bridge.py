@@ -21,7 +21,7 @@ from collections import deque
 from PySide6.QtCore import QObject, Qt, Signal
 
 from station import events as ev
-from ui.state import LogLine, Phase, StepRecord, TileState, VERIFY_STEPS
+from ui.state import LogLine, Phase, StepRecord, TileState
 
 MASK = "••••••"
 _SECRETISH = re.compile(r"(?i)\b(psk|pass(?:word|phrase)?|pswd|secret|token)\b(\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)")
@@ -128,6 +128,7 @@ class EngineBridge(QObject):
                 tile = self._tile(e.key)
                 tile.reset_run()
                 tile.batch_id, tile.device_id, tile.steps = self.batch_id, e.device_id, tuple(e.steps)
+                tile.labels, tile.verifying = tuple(e.labels), tuple(e.verifying)
                 tile.started = time.monotonic()
                 tile.phase = Phase.WORKING
                 tile.last_result = ""
@@ -148,7 +149,7 @@ class EngineBridge(QObject):
                 tile.prompt = tile.prompt_reason = ""
                 if e.attempt == 1:
                     tile.retrying = ""
-                tile.phase = Phase.VERIFYING if e.step in VERIFY_STEPS else Phase.WORKING
+                tile.phase = Phase.VERIFYING if e.step in tile.verifying else Phase.WORKING
                 tile.history.append(StepRecord(e.step, e.attempt))
                 self._line(e.key, "info", f"▶ {e.step}" + (f" (attempt {e.attempt})" if e.attempt > 1 else ""))
                 return e.key

@@ -24,9 +24,9 @@ from PySide6.QtWidgets import QMenu
 
 from station import events as ev
 from station.discovery.sim_ports import SimPortSource
-from station.sim.esp_board import EspFaults
-from station.sim.esp_server import EspSimServer
-from station.sim.fleet import demo_fleet
+from station.families.esp.sim.board import EspFaults
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.fleet import demo_fleet
 from ui.app import Station, run
 
 PROMPT_DELAY_S = 3.0

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from station.discovery.sim_ports import SimPortSource
-from station.sim.esp_board import EspFaults
-from station.sim.esp_server import EspSimServer
-from station.sim.fleet import demo_fleet
+from station.families.esp.sim.board import EspFaults
+from station.families.esp.sim.server import EspSimServer
+from station.families.esp.sim.fleet import demo_fleet
 from ui.app import PROFILES_DIR, Station, run
 from ui.demo import DemoHarness, configure_demo, prepare_layout, start_demo_cloud, wait_for_ports
 from ui.state import Phase

@@ -360,8 +360,8 @@ class SettingsPage(QScrollArea):
     # --- actions ------------------------------------------------------------------------------------------------
 
     async def store_psk(self, psk: str) -> bool:
-        from station.payloads import PayloadError
-        from station.payloads.nvs import validate_wifi
+        from station.families.esp.payloads import PayloadError
+        from station.families.esp.payloads.nvs import validate_wifi
 
         self.psk_edit.clear()
         profile = self.controller.profile

@@ -19,23 +19,6 @@ class Phase(enum.Enum):
 
 BUSY = (Phase.WORKING, Phase.VERIFYING, Phase.OPERATOR)
 
-STEP_WORDS = {
-    "detect": "Detecting",
-    "check": "Checking",
-    "flash": "Flashing",
-    "write-data": "Writing data",
-    "verify": "Verifying",
-    "reset": "Resetting",
-    "identity": "Identity",
-    "register": "Registering",
-}
-VERIFY_STEPS = ("verify",)
-
-
-def step_words(step: str) -> str:
-    return STEP_WORDS.get(step, step.replace("-", " ").capitalize())
-
-
 @dataclass(frozen=True)
 class LogLine:
     when: float  # time.time()
@@ -72,6 +55,8 @@ class TileState:
     batch_id: str = ""
     device_id: str = ""
     steps: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # what each step is called on the tile ("Flashing"), from its board family
+    verifying: tuple[str, ...] = ()  # the steps shown as verifying
     step: str = ""
     step_index: int = -1
     attempt: int = 1
@@ -89,6 +74,12 @@ class TileState:
     registration: str = ""  # cloud registration of this board: "", "pending", "delivered", "failed"
     history: list[StepRecord] = field(default_factory=list)
     log: deque = field(default_factory=lambda: deque(maxlen=400))
+
+    @property
+    def step_label(self) -> str:
+        if 0 <= self.step_index < len(self.labels):
+            return self.labels[self.step_index]
+        return self.step.replace("-", " ").capitalize()
 
     @property
     def busy(self) -> bool:
@@ -118,7 +109,7 @@ class TileState:
         self.family = self.chip = self.mac = self.description = ""
         self.flash_size = 0
         self.device_id = ""
-        self.steps = ()
+        self.steps = self.labels = self.verifying = ()
         self.step, self.step_index, self.attempt = "", -1, 1
         self.clear_progress()
         self.started = self.seconds = None

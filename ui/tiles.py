@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QWi
 
 from ui import theme
 from ui.bridge import EngineBridge
-from ui.state import Phase, TileState, clock, rate_words, step_words
+from ui.state import Phase, TileState, clock, rate_words
 
 REPAINT_HZ = 15
 
@@ -74,7 +74,7 @@ class PortTile(QWidget):
             case Phase.OPERATOR:
                 return "NEEDS YOU"
             case Phase.WORKING | Phase.VERIFYING:
-                return f"Step {s.step_index + 1}/{len(s.steps) or '?'} · {step_words(s.step)}"
+                return f"Step {s.step_index + 1}/{len(s.steps) or '?'} · {s.step_label}"
             case Phase.IDLE:
                 return "Ready"
         return "Empty"
@@ -187,7 +187,7 @@ class PortTile(QWidget):
     def _board_line(self) -> str:
         s = self.state
         if s.chip:
-            return f"{s.family.upper() or 'ESP'} · {s.chip}"
+            return f"{s.family.upper()} · {s.chip}"
         if s.usb_description:
             return s.usb_description
         return s.family.upper()

@@ -5,6 +5,7 @@ interface, so the engine has no idea which kind it is driving.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from station.model import PortInfo
@@ -33,3 +34,15 @@ def _natural(key: str) -> list:
     import re
 
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def hub_sources(sim_registry: Path | None = None) -> list[PortSource]:
+    """Every board on the real hub, of every family; plus emulated boards when a registry is given."""
+    from station.discovery.serial_ports import SerialPortSource
+    from station.discovery.sim_ports import SimPortSource
+    from station.families import usb_ids
+
+    sources: list[PortSource] = [SerialPortSource(usb_ids("serial"))]
+    if sim_registry is not None:
+        sources.append(SimPortSource(sim_registry))
+    return sources

@@ -1,28 +1,38 @@
-"""Real serial ports from pyserial's list_ports, filtered by the VID:PID table and keyed by USB location."""
+"""Real serial ports from pyserial's list_ports, filtered by the families' VID:PID tables and keyed by USB
+location."""
 from __future__ import annotations
 
 from serial.tools import list_ports
 
-from station.discovery.usb_ids import bridge_name, family_of
 from station.model import PortInfo
 
 
 class SerialPortSource:
+    def __init__(self, ids: dict[tuple[int, int], tuple[str, str]]):
+        self.ids = ids  # (VID, PID) -> (family, what it is)
+
     def scan(self) -> list[PortInfo]:
         ports = []
         for info in list_ports.comports():
-            family = family_of(info.vid, info.pid)
-            if family is None or not info.location:
+            known = self.ids.get((info.vid, info.pid))
+            location = usb_location(info.location)
+            if known is None or not location:
                 continue  # not a board we know, or not on USB (no physical location to key it by)
-            ports.append(PortInfo(key=info.location, url=info.device, family=family, vid=info.vid, pid=info.pid,
-                                  serial=info.serial_number,
-                                  description=info.product or bridge_name(info.vid, info.pid)))
+            family, what = known
+            ports.append(PortInfo(key=location, url=info.device, family=family, vid=info.vid, pid=info.pid,
+                                  serial=info.serial_number, description=info.product or what))
         return ports
+
+
+def usb_location(location: str | None) -> str | None:
+    """pyserial's "1-2.3:1.0" without the interface part, so a board keeps its key (its tile) when it
+    re-enumerates as a USB device of another kind (a DFU bootloader) on the same hub port."""
+    return location.split(":", 1)[0] if location else None
 
 
 def location_of(device: str) -> str | None:
     """The USB location of a tty path such as /dev/ttyUSB0, if it is a USB port."""
     for info in list_ports.comports():
         if info.device == device:
-            return info.location
+            return usb_location(info.location)
     return None

@@ -1,14 +1,15 @@
-"""Emulated boards, found through the registry directory the emulator keeps (one JSON file per plugged board).
+"""Emulated boards, found through the registry directory the emulators keep (one JSON file per plugged board).
 
 The registry plays the part udev plays for real hubs: a file appears when a board is plugged and vanishes
-when it is unplugged, and it carries the same facts list_ports gives for a real port.
+when it is unplugged, and it carries the same facts list_ports or pyusb give for a real port. Every family's
+emulator writes the same schema, so one source finds them all.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from station.discovery.usb_ids import family_of
+from station.families import family_of_usb_id
 from station.model import PortInfo
 
 
@@ -23,10 +24,10 @@ class SimPortSource:
                 entry = json.loads(file.read_text())
             except (OSError, ValueError):
                 continue  # unplugged while we looked, or being replaced
-            family = family_of(entry.get("vid"), entry.get("pid"))
+            family = family_of_usb_id(entry.get("vid"), entry.get("pid"))
             if family is None:
                 continue
-            ports.append(PortInfo(key=entry["location"], url=entry["url"], family=family, vid=entry["vid"],
+            ports.append(PortInfo(key=entry["location"], url=entry["url"], family=family.name, vid=entry["vid"],
                                   pid=entry["pid"], serial=entry.get("serial"),
                                   description=entry.get("description", "")))
         return ports

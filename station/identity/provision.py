@@ -8,6 +8,7 @@ this process's memory until it is written. A board that fails afterwards gets it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -16,8 +17,7 @@ from station.identity.ca import StationCA
 from station.identity.idevid import check_csr, host_identity, issue_idevid, public_jwk, render_serial
 from station.identity.ledger import Ledger, serial_hex
 from station.model import BoardInfo, StepFailed
-from station.payloads.partition_table import Partition
-from station.profiles import FirmwareSet, IdentitySpec, identity_target
+from station.profiles import IdentitySpec
 
 
 @dataclass
@@ -25,8 +25,8 @@ class IdentityPlan:
     spec: IdentitySpec
     facts: dict
     subject_serial: str
-    store: str  # "esp_secure_cert" | "littlefs"
-    partition: Partition
+    store: str  # where the family puts it: "esp_secure_cert", "littlefs", …
+    target: Any  # the family's place for it on the board (an ESP partition)
     replaces: str | None = None  # serial of the live certificate a re-provision voids
     record: dict = field(default_factory=dict)  # public facts for the journal and manifest, once issued
 
@@ -35,34 +35,27 @@ def board_facts(board: BoardInfo) -> dict:
     return {"mac": board.mac, "mac_hex": board.mac.replace(":", "").upper(), "chip": board.chip}
 
 
-def plan_identity(spec: IdentitySpec, firmware: FirmwareSet, board: BoardInfo, ledger: Ledger,
-                  reprovision: bool) -> IdentityPlan:
+def plan_identity(spec: IdentitySpec, board: BoardInfo, ledger: Ledger, reprovision: bool, store: str,
+                  target: Any) -> IdentityPlan:
     facts = board_facts(board)
     try:
         serial = render_serial(spec.certificate, facts)
-        store, partition = identity_target(spec, firmware)
     except ValueError as exc:
         raise StepFailed(str(exc)) from exc
     live = ledger.find_subject(serial)
     if live is not None and not reprovision:
         raise StepFailed(ledger.already_provisioned_message(live))
-    return IdentityPlan(spec, facts, serial, store, partition, replaces=live.serial_hex if live else None)
+    return IdentityPlan(spec, facts, serial, store, target, replaces=live.serial_hex if live else None)
 
 
-def issue_on_host(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id: str) -> bytes:
-    """Make the key and certificate, and return the partition image that carries them (secret: holds a key)."""
-    from station.payloads.littlefs import build_identity_fs, identity_files
-    from station.payloads.secure_cert import build_secure_cert
-
+def issue_on_host(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id: str):
+    """Make the key (in memory) and its certificate, recorded in the ledger; returns (key, certificate) for the
+    family to write. The key is never stored anywhere else."""
     if plan.replaces:
         ledger.void(plan.replaces, f"re-provisioned as device {device_id}")
     key, cert = host_identity(ca, plan.spec.certificate, plan.facts, ledger, device_id=device_id)
     plan.record = identity_record(plan, ca, cert)
-    der = cert.public_bytes(serialization.Encoding.DER)
-    root_der = ca.root.public_bytes(serialization.Encoding.DER)
-    if plan.store == "esp_secure_cert":
-        return build_secure_cert(der, root_der, key, partition_size=plan.partition.size)
-    return build_identity_fs(identity_files(der, key, [root_der]), size=plan.partition.size)
+    return key, cert
 
 
 def issue_on_board(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id: str, board: BoardInfo,
@@ -70,7 +63,7 @@ def issue_on_board(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id:
     """The key is made on the board: its provisioning agent (docs/agent-protocol.md), running in the app just
     booted, makes the key and returns a CSR; the station checks it, issues the certificate and hands back the
     chain and trust anchor; COMMIT seals it (the board refuses to re-key afterwards)."""
-    from station.boards.agent import AgentClient, AgentError
+    from station.identity.agent import AgentClient, AgentError
     from station.identity import IdentityError
 
     agent = AgentClient(serial_port, timeout=5.0)
@@ -102,18 +95,6 @@ def issue_on_board(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id:
     except (AgentError, IdentityError) as exc:
         raise StepFailed(f"On-board identity: {exc}") from exc
     return f"key made on the board; {plan.subject_serial} certified ({serial_hex(cert)}) and committed"
-
-
-def read_back_certificate(plan: IdentityPlan, image: bytes) -> x509.Certificate:
-    """The device certificate as the board's firmware will find it in the partition just written."""
-    from station.payloads.littlefs import CLIENT_CERT_PATH, read_fs
-    from station.payloads.secure_cert import DEV_CERT, read_secure_cert
-
-    if plan.store == "esp_secure_cert":
-        data = read_secure_cert(image)[(DEV_CERT, 0)]
-        return x509.load_pem_x509_certificate(data.rstrip(b"\0")) if data.startswith(b"-----") \
-            else x509.load_der_x509_certificate(data)
-    return x509.load_der_x509_certificate(read_fs(image, 8192, 32)[CLIENT_CERT_PATH])
 
 
 def identity_record(plan: IdentityPlan, ca: StationCA, cert: x509.Certificate) -> dict:

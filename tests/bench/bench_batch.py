@@ -56,7 +56,7 @@ from station.discovery.sim_ports import SimPortSource  # noqa: E402
 from station.engine import Engine  # noqa: E402
 from station.journal import Journal  # noqa: E402
 from station.profiles import Profile, load_profile  # noqa: E402
-from station.sim.firmware import make_app_image, make_bootloader_image, make_partition_table  # noqa: E402
+from station.families.esp.sim.firmware import make_app_image, make_bootloader_image, make_partition_table  # noqa: E402
 
 PORTS = 8
 BAUD = 921600

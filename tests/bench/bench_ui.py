@@ -137,7 +137,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault(PSK_ENV, "bench-passphrase-16")
 
-    from station.sim.fleet import demo_fleet
+    from station.families.esp.sim.fleet import demo_fleet
     from station.discovery.sim_ports import SimPortSource
     from ui.app import PROFILES_DIR, Station, run
     from ui.demo import configure_demo, prepare_layout
@@ -158,7 +158,7 @@ def main() -> int:
     sim = None
     server = None
     if args.in_process_boards:
-        from station.sim.esp_server import EspSimServer
+        from station.families.esp.sim.server import EspSimServer
         server = EspSimServer(demo_fleet(args.boards), registry_dir=registry, throttle=True).start()
     else:
         sim = subprocess.Popen([sys.executable, "-m", "station.cli", "sim", "esp", "--chip", "mixed", "--count",

@@ -6,79 +6,40 @@ background worker while the firmware is flashing, and written in the same sessio
 """
 from __future__ import annotations
 
-import hashlib
-from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
-from typing import Callable
-
-from station.boards.esp import EspSession
-from station.boards.esp_image import ImageError, check_app_image
-from station.model import BoardInfo, PortInfo, StepFailed
-from station.payloads import PayloadError
+from station.families.esp.identity import build_identity_image, identity_target_step, read_back_certificate
+from station.families.esp.image import ImageError, check_app_image
+from station.families.esp.payloads import PayloadError
+from station.families.esp.payloads.partition_table import Partition, find_partition, parse_partition_table
+from station.families.esp.profile import ESP_CHIPS, EspOptions, FirmwareSet
 from station.identity import IdentityError
-from station.identity.ca import StationCA
-from station.identity.ledger import Ledger, serial_hex
-from station.identity.provision import (IdentityPlan, issue_on_board, issue_on_host, plan_identity,
-                                       read_back_certificate)
-from station.payloads.partition_table import Partition, find_partition, parse_partition_table
-from station.profiles import FirmwareSet, Profile
+from station.identity.ledger import serial_hex
+from station.identity.provision import issue_on_board, plan_identity
+from station.model import BoardInfo, StepFailed
+from station.profiles import Profile
+from station.steps import DeviceContext, FlashImage, Step
 
 
-@dataclass(frozen=True)
-class FlashImage:
-    """Bytes bound for one flash region, and what to call them in records."""
-
-    name: str
-    offset: int
-    data: bytes = field(repr=False)
-    secret: bool = False  # holds a secret (Wi-Fi PSK, private key): its hash is not recorded either
-
-    def record(self) -> dict:
-        entry = {"name": self.name, "offset": self.offset, "size": len(self.data)}
-        if not self.secret:
-            entry["sha256"] = hashlib.sha256(self.data).hexdigest()
-        return entry
-
-
-@dataclass
-class DeviceContext:
-    port: PortInfo
-    profile: Profile
-    session: EspSession
-    pool: Executor
-    device_id: str = ""
-    psk: str | None = field(default=None, repr=False)
-    ca: StationCA | None = None
-    ledger: Ledger | None = None
-    reprovision: bool = False  # a board whose device serial has a live certificate gets a new one
-    board: BoardInfo | None = None
-    firmware: FirmwareSet | None = None
-    identity: IdentityPlan | None = None
-    payloads: Future | None = None  # Future[list[FlashImage]], built while the firmware flashes
-    written: list[FlashImage] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    run: Callable[[DeviceContext], str]  # returns a short detail for the record; raises StepFailed
-
-
-def steps_for(profile: Profile) -> list[Step]:
-    steps = [Step("detect", detect), Step("check", check), Step("flash", flash)]
-    if profile.wifi or profile.nvs or profile.identity:
-        steps.append(Step("write-data", write_data))
-    steps += [Step("verify", verify), Step("reset", reset)]
+def esp_steps(profile: Profile) -> list[Step]:
+    esp = options(profile)
+    steps = [Step("detect", "Detecting", detect, identifies=True), Step("check", "Checking", check),
+             Step("flash", "Flashing", flash, transfers=True)]
+    if profile.wifi or esp.nvs or profile.identity:
+        steps.append(Step("write-data", "Writing data", write_data, transfers=True))
+    steps += [Step("verify", "Verifying", verify, verifies=True), Step("reset", "Resetting", reset)]
     if profile.identity and profile.identity.certificate.key_origin == "board":
-        steps.append(Step("identity", identity_on_board))  # the app the reset booted makes the key
+        steps.append(Step("identity", "Identity", identity_on_board))  # the app the reset booted makes the key
     return steps
 
 
+def options(profile: Profile) -> EspOptions:
+    return profile.options["esp"]
+
+
 def detect(ctx: DeviceContext) -> str:
-    ctx.board = ctx.session.connect(ctx.profile.baud)
+    ctx.board = ctx.session.connect(options(ctx.profile).baud)
     ctx.firmware = ctx.profile.firmware.get(ctx.board.chip)
     if ctx.firmware is None:
-        wants = " or ".join(ctx.profile.chips)
+        wants = " or ".join(c for c in ctx.profile.chips if c in ESP_CHIPS)
         raise StepFailed(f"Wrong chip: profile wants {wants}, board is {ctx.board.chip}")
     return f"{ctx.board.description}, MAC {ctx.board.mac}, {ctx.board.flash_size // (1024 * 1024)} MB flash"
 
@@ -98,8 +59,9 @@ def check(ctx: DeviceContext) -> str:
                 raise StepFailed(str(exc)) from exc
     if ctx.profile.identity is not None:
         assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
-        ctx.identity = plan_identity(ctx.profile.identity, firmware, board, ctx.ledger, ctx.reprovision)
-    if ctx.profile.wifi or ctx.profile.nvs or ctx.identity:
+        store, partition = identity_target_step(options(ctx.profile), firmware)
+        ctx.identity = plan_identity(ctx.profile.identity, board, ctx.ledger, ctx.reprovision, store, partition)
+    if ctx.profile.wifi or options(ctx.profile).nvs or ctx.identity:
         ctx.payloads = ctx.pool.submit(build_payloads, ctx)
     identity = f"; identity {ctx.identity.subject_serial}" if ctx.identity else ""
     return f"{len(firmware.images)} images for {board.chip} fit and match{identity}"
@@ -130,7 +92,7 @@ def verify(ctx: DeviceContext) -> str:
     detail = f"MD5 of {len(ctx.written)} regions match"
     plan = ctx.identity
     if plan is not None and plan.record:
-        part = plan.partition
+        part = plan.target
         try:
             cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size))
         except (PayloadError, KeyError, ValueError) as exc:
@@ -157,22 +119,22 @@ def identity_on_board(ctx: DeviceContext) -> str:
 def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
     """Everything written as data, built in memory while the firmware flashes: the NVS partition (Wi-Fi
     credentials and the profile's namespaces) and, with the key made on the host, the identity partition."""
-    from station.payloads.nvs import build_nvs_image, build_wifi_nvs
+    from station.families.esp.payloads.nvs import build_nvs_image, build_wifi_nvs
 
-    profile = ctx.profile
+    profile, esp = ctx.profile, options(ctx.profile)
     images = []
-    if profile.wifi or profile.nvs:
-        part = _partition(ctx, profile.wifi.partition if profile.wifi else "nvs")
+    if profile.wifi or esp.nvs:
+        part = _partition(ctx, esp.wifi_partition)
         if profile.wifi is not None:
-            image = build_wifi_nvs(profile.wifi.ssid, ctx.psk or "", part.size, extra=profile.nvs_values())
+            image = build_wifi_nvs(profile.wifi.ssid, ctx.psk or "", part.size, extra=esp.nvs_values())
         else:
-            image = build_nvs_image(profile.nvs_values(), part.size)
+            image = build_nvs_image(esp.nvs_values(), part.size)
         images.append(FlashImage(part.name, part.offset, image, secret=profile.wifi is not None))
     plan = ctx.identity
     if plan is not None and plan.spec.certificate.key_origin == "host":
         assert ctx.ca is not None and ctx.ledger is not None
-        image = issue_on_host(plan, ctx.ca, ctx.ledger, ctx.device_id)
-        images.append(FlashImage(plan.partition.name, plan.partition.offset, image, secret=True))
+        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id)
+        images.append(FlashImage(plan.target.name, plan.target.offset, image, secret=True))
     return images
 
 

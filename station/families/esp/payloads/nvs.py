@@ -30,7 +30,7 @@ from esp_idf_nvs_partition_gen.nvs_partition_gen import (
     write_entry,
 )
 
-from station.payloads import PayloadError
+from station.families.esp.payloads import PayloadError
 
 PAGE_SIZE = 0x1000
 MIN_PARTITION_SIZE = 0x3000  # read/write NVS needs two data pages + the reserved page

@@ -10,7 +10,7 @@ storage); it is never sent. COMMIT stores the identity in the `esp_secure_cert` 
 partition table has one (esp_secure_cert_mgr TLV format, as a firmware keeping its key in its own secure storage
 would) and sets the committed flag, which like an eFuse survives resets and re-flashing.
 
-This is a separate implementation of the protocol from the station's (`station.boards.agent`), written from the
+This is a separate implementation of the protocol from the station's (`station.identity.agent`), written from the
 document, so the tests check the two against each other rather than one against itself.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from station.sim.esp_board import EspBoard, FlashRangeError
+from station.families.esp.sim.board import EspBoard, FlashRangeError
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +262,11 @@ class AgentMode:
 
     def _store(self, key: ec.EllipticCurvePrivateKey) -> None:
         """Write esp_secure_cert (device cert, trust anchor, the key) when the partition table has the partition."""
-        from station.payloads import PayloadError
-        from station.payloads.partition_table import (
+        from station.families.esp.payloads import PayloadError
+        from station.families.esp.payloads.partition_table import (
             TABLE_MAX_LENGTH, TABLE_OFFSET, TYPE_ESP_SECURE_CERT, parse_partition_table,
         )
-        from station.payloads.secure_cert import build_secure_cert
+        from station.families.esp.payloads.secure_cert import build_secure_cert
 
         try:
             parts = parse_partition_table(self.board.flash.read(TABLE_OFFSET, TABLE_MAX_LENGTH))

@@ -1,7 +1,6 @@
-"""Which USB VID:PIDs carry which board family (PROTOCOLS.md §2)."""
+"""USB-serial bridges and native USB serial in front of ESP chips (PROTOCOLS.md §2)."""
 from __future__ import annotations
 
-# USB-serial bridges and native USB serial in front of ESP chips
 ESP_SERIAL_IDS: dict[tuple[int, int], str] = {
     (0x10C4, 0xEA60): "CP210x",
     (0x10C4, 0xEA64): "CP2102C",
@@ -21,15 +20,3 @@ ESP_SERIAL_IDS: dict[tuple[int, int], str] = {
     (0x303A, 0x0002): "ESP32-S2 USB-OTG",
     (0x303A, 0x0009): "ESP32-S3 USB-OTG",
 }
-
-
-def family_of(vid: int | None, pid: int | None) -> str | None:
-    if vid is None or pid is None:
-        return None
-    if (vid, pid) in ESP_SERIAL_IDS:
-        return "esp"
-    return None
-
-
-def bridge_name(vid: int | None, pid: int | None) -> str:
-    return ESP_SERIAL_IDS.get((vid or 0, pid or 0), "")

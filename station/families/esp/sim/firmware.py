@@ -10,7 +10,7 @@ the Arduino core's elf2bin.py layout (an eboot-like loader padded to 4 KiB, then
 Output is a pure function of the arguments (no clock, seeded random), so SHA-256 pins in the
 shipped profiles stay valid.
 
-    python -m station.sim.firmware OUTDIR   # writes the demo firmware set of the shipped profiles
+    python -m station.families.esp.sim.firmware OUTDIR   # writes the demo firmware set of the shipped profiles
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from esptool.cmds import FLASH_MODES
 from esptool.loader import ESPLoader
 from esptool.targets import ESP8266ROM
 
-from station.boards.esp_image import rom_class
-from station.payloads.partition_table import (
+from station.families.esp.image import rom_class
+from station.families.esp.payloads.partition_table import (
     SUBTYPE_APP_FACTORY,
     SUBTYPE_APP_OTA_0,
     SUBTYPE_DATA_OTA,
@@ -53,7 +53,7 @@ _APP_DESC_MAGIC = 0xABCD5432
 _BOOTLOADER_DESC = struct.Struct("<B3sI32s24s16s")  # esp_bootloader_desc_t, 80 bytes
 _BOOTLOADER_DESC_MAGIC = 0x50
 _MMU_PAGE = 0x10000
-_AGENT_MARKER = b"STATION-AGENT/1\0"  # = station.sim.agent.AGENT_MARKER: the provisioning agent's banner
+_AGENT_MARKER = b"STATION-AGENT/1\0"  # = station.families.esp.sim.agent.AGENT_MARKER: the provisioning agent's banner
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def demo_firmware_set() -> dict[str, list[tuple[int, str, bytes]]]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m station.sim.firmware OUTDIR", file=sys.stderr)
+        print("usage: python -m station.families.esp.sim.firmware OUTDIR", file=sys.stderr)
         return 2
     outdir = Path(args[0])
     for directory, files in demo_firmware_set().items():

@@ -1,7 +1,7 @@
 """A mixed bench of emulated boards, as the demo and the tests plug them in."""
 from __future__ import annotations
 
-from station.sim.esp_board import EspBoard, EspFaults
+from station.families.esp.sim.board import EspBoard, EspFaults
 
 MIX = ("esp32", "esp32c3", "esp8266")
 

@@ -1,7 +1,7 @@
 """`espsim://HOST:PORT`: serial over TCP *with* DTR/RTS, for the station's emulated boards.
 
-pyserial finds this module through `serial.protocol_handler_packages` (`station.boards.esp` registers
-`station.sim` on import), so `serial.serial_for_url("espsim://127.0.0.1:4001")` gives this `Serial`.
+pyserial finds this module through `serial.protocol_handler_packages` (`station.families.esp.session` registers
+`station.families.esp.sim` on import), so `serial.serial_for_url("espsim://127.0.0.1:4001")` gives this `Serial`.
 
 Why not `socket://`: it has no modem lines, so esptool can neither reset a board into download mode (it never
 reads the ROM boot log: a board in the wrong boot mode looks like "No serial data received") nor reset it into

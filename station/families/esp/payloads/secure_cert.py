@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from station.payloads import PayloadError, check_key_matches, load_der_certificate
+from station.families.esp.payloads import PayloadError, check_key_matches, load_der_certificate
 
 MAGIC = 0xBA5EBA11
 DEFAULT_PARTITION_SIZE = 0x2000

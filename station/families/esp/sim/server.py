@@ -3,7 +3,7 @@
 Each board gets a TCP listener or a pty (`/dev/pts/N`). Plugging a board in powers it up: with DTR/RTS released
 it boots whatever is in its flash. The TCP port speaks two ways, told apart by the first bytes the client sends:
 
-- `espsim://127.0.0.1:<port>` (station.sim.protocol_espsim, what the station opens): framed serial bytes plus
+- `espsim://127.0.0.1:<port>` (station.families.esp.sim.protocol_espsim, what the station opens): framed serial bytes plus
   DTR/RTS. The lines drive the board's auto-reset circuit (`EspBoard.set_lines`), so esptool's reset sequences
   really reset it: into download mode with the ROM's boot log, or into the app in flash. Opening does not reset
   the board (DTR and RTS asserted together leave EN high); closing releases both lines.
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from station.sim.esp_board import EspBoard
-from station.sim.protocol_espsim import (
+from station.families.esp.sim.board import EspBoard
+from station.families.esp.sim.protocol_espsim import (
     DTR_BIT, KIND_DATA, KIND_LINES, KIND_SYNC, LINES, PREAMBLE, RTS_BIT, SYNC, SYNC_ECHO, FrameDecoder, encode_data,
     encode_frame,
 )

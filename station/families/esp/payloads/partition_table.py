@@ -12,7 +12,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from station.payloads import PayloadError
+from station.families.esp.payloads import PayloadError
 
 # Partition types (esp_partition.h).
 TYPE_APP = 0x00

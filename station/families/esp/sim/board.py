@@ -12,7 +12,7 @@ and IO0 through two transistors) when the transport carries modem lines (espsim:
 itself on transports that cannot (socket://, pty: `EspBoard.reset`, always into download mode).
 
 The app mode is what the flashed firmware does after boot: by default `flashed_app` looks at the app in
-flash and runs the on-board identity agent (station.sim.agent) when the app declares it, else a silent app.
+flash and runs the on-board identity agent (station.families.esp.sim.agent) when the app declares it, else a silent app.
 Stub code is never executed; uploading it only switches behaviour.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
-from station.sim.esp_chips import (
+from station.families.esp.sim.chips import (
     MIB, ChipFacts, chip_facts, format_mac, mac_for, parse_flash_size, rdid_bytes, sfdp_table,
 )
 
@@ -151,7 +151,7 @@ class EspFaults:
     bad_md5: bool = False  # SPI_FLASH_MD5 and READ_FLASH digests are wrong
     flash_write_error: bool = False  # FLASH_DATA / FLASH_DEFL_DATA answer a flash write error
     unplug_after_bytes: int | None = None  # vanish after this many flash-data payload bytes (one-shot)
-    # the on-board identity agent (station.sim.agent), when the flashed app runs one
+    # the on-board identity agent (station.families.esp.sim.agent), when the flashed app runs one
     agent_garbage: bool = False  # answers every request with bytes that are not agent frames
     agent_silent: bool = False  # the app declares the agent, but it never answers
     agent_bad_crc: bool = False  # every answer frame carries a wrong CRC-32
@@ -203,7 +203,7 @@ class IdleAppMode:
 
 def flashed_app(board: "EspBoard") -> BoardMode:
     """The default app: whatever the app in flash declares (the identity agent), else an idle app."""
-    from station.sim.agent import agent_for_flash  # the agent imports this module
+    from station.families.esp.sim.agent import agent_for_flash  # the agent imports this module
 
     return agent_for_flash(board) or IdleAppMode(board)
 
@@ -821,8 +821,8 @@ class EspBoard:
     def app_partition(self) -> tuple[int, int] | None:
         """(offset, size) of the app the bootloader boots: factory, else ota_0, else the first app partition of
         the partition table at 0x8000 (otadata is not consulted). None without a valid table."""
-        from station.payloads import PayloadError
-        from station.payloads.partition_table import (
+        from station.families.esp.payloads import PayloadError
+        from station.families.esp.payloads.partition_table import (
             SUBTYPE_APP_FACTORY, SUBTYPE_APP_OTA_0, TABLE_MAX_LENGTH, TABLE_OFFSET, TYPE_APP, parse_partition_table,
         )
 

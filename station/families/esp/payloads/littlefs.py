@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from littlefs import LittleFS, LittleFSError, UserContext
 
-from station.payloads import PayloadError, check_key_matches, load_der_certificate
+from station.families.esp.payloads import PayloadError, check_key_matches, load_der_certificate
 
 CLIENT_CERT_PATH = "/client.der"
 CLIENT_KEY_PATH = "/client.key"

@@ -17,16 +17,16 @@ from esptool.util import FatalError, flash_size_bytes
 import serial
 from serial import SerialException
 
-from station.boards import esptool_glue
+from station.families.esp import esptool_glue
 from station.model import BoardInfo, StepFailed
 
 ProgressFn = Callable[[int, int], None]  # (done bytes, total bytes) of the current write
 BOOT_MODE_PROMPT = "Hold BOOT, press and release RESET, then release BOOT"
 
 # Emulated boards are opened as espsim://host:port (serial over TCP with DTR/RTS, so esptool's resets work):
-# pyserial looks the scheme up as station.sim.protocol_espsim. Opening the port is the only difference.
-if "station.sim" not in serial.protocol_handler_packages:
-    serial.protocol_handler_packages.append("station.sim")
+# pyserial looks the scheme up as station.families.esp.sim.protocol_espsim. Opening the port is the only difference.
+if "station.families.esp.sim" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("station.families.esp.sim")
 
 
 class EspSession:

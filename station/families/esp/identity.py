@@ -1,0 +1,45 @@
+"""Where an ESP board keeps its identity: the esp_secure_cert partition (TLV) or, for BearSSL firmware,
+LittleFS files; building that image with a host-made key, and reading the certificate back in verify."""
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from station.families.esp.profile import EspOptions, FirmwareSet, identity_target
+from station.identity.ca import StationCA
+from station.identity.ledger import Ledger
+from station.identity.provision import IdentityPlan, issue_on_host
+from station.model import StepFailed
+
+
+def identity_target_step(options: EspOptions, firmware: FirmwareSet):
+    """(store, partition) for the check step: a firmware without a place for the identity refuses the board."""
+    try:
+        return identity_target(options, firmware)
+    except ValueError as exc:
+        raise StepFailed(str(exc)) from exc
+
+
+def build_identity_image(plan: IdentityPlan, ca: StationCA, ledger: Ledger, device_id: str) -> bytes:
+    """Make the key and certificate, and return the partition image that carries them (secret: holds a key)."""
+    from station.families.esp.payloads.littlefs import build_identity_fs, identity_files
+    from station.families.esp.payloads.secure_cert import build_secure_cert
+
+    key, cert = issue_on_host(plan, ca, ledger, device_id)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    root_der = ca.root.public_bytes(serialization.Encoding.DER)
+    if plan.store == "esp_secure_cert":
+        return build_secure_cert(der, root_der, key, partition_size=plan.target.size)
+    return build_identity_fs(identity_files(der, key, [root_der]), size=plan.target.size)
+
+
+def read_back_certificate(plan: IdentityPlan, image: bytes) -> x509.Certificate:
+    """The device certificate as the board's firmware will find it in the partition just written."""
+    from station.families.esp.payloads.littlefs import CLIENT_CERT_PATH, read_fs
+    from station.families.esp.payloads.secure_cert import DEV_CERT, read_secure_cert
+
+    if plan.store == "esp_secure_cert":
+        data = read_secure_cert(image)[(DEV_CERT, 0)]
+        return x509.load_pem_x509_certificate(data.rstrip(b"\0")) if data.startswith(b"-----") \
+            else x509.load_der_x509_certificate(data)
+    return x509.load_der_x509_certificate(read_fs(image, 8192, 32)[CLIENT_CERT_PATH])
