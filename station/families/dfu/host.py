@@ -160,6 +160,14 @@ class DfuHost:
         self._stop = threading.Event()
         self._stop_reason = ""
         try:
+            self._open()
+        except DfuError:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        device = self.device
+        try:
             device.set_configuration()
             config = device.get_active_configuration()
         except usb.core.USBError as error:
