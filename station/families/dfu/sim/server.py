@@ -88,6 +88,10 @@ class DfuSimServer:
         for i in range(len(self.devices)):
             self.unplug(i)
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (close alone does not)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
