@@ -270,3 +270,22 @@ def test_two_boards_in_parallel_threads(bus):
         thread.join()
     assert errors == []
     assert [board.read_memory(0, 0x08040000, 40 * K) for board, _ in boards] == images
+
+
+def test_the_same_host_drives_a_board_served_over_the_emulators_socket(tmp_path):
+    from station.discovery.usb_devices import open_usb, register_scheme
+    from station.families.dfu.sim import remote
+    from station.families.dfu.sim.server import DfuSimServer
+
+    register_scheme(remote.SCHEME, remote.open_device)
+    board = make_device("core")
+    key = os.urandom(612)
+    with DfuSimServer([board], tmp_path) as server:
+        device = open_usb(server.urls[0])
+        host = DfuHost(device)
+        host.select("SPI Flash : SST25x")
+        host.write(0x2000, key)
+        assert host.read(0x2000, len(key)) == key
+        assert host.leave() == LeaveOutcome.DNLOAD_IDLE
+        device.backend.close()  # the emulator's socket outlives pyusb's handle
+    assert board.read_memory(1, 0x2000, len(key)) == key

@@ -61,7 +61,7 @@ class State(enum.IntEnum):
     ERROR = 10
 
 
-_STATE_NAMES = {State.APP_IDLE: "appIDLE", State.APP_DETACH: "appDETACH", State.IDLE: "dfuIDLE",
+_STATE_NAMES: dict[int, str] = {State.APP_IDLE: "appIDLE", State.APP_DETACH: "appDETACH", State.IDLE: "dfuIDLE",
                 State.DNLOAD_SYNC: "dfuDNLOAD-SYNC", State.DNBUSY: "dfuDNBUSY", State.DNLOAD_IDLE: "dfuDNLOAD-IDLE",
                 State.MANIFEST_SYNC: "dfuMANIFEST-SYNC", State.MANIFEST: "dfuMANIFEST",
                 State.MANIFEST_WAIT_RESET: "dfuMANIFEST-WAIT-RESET", State.UPLOAD_IDLE: "dfuUPLOAD-IDLE",
@@ -88,7 +88,7 @@ _STATUS_WORDS = {
 
 
 def state_name(state: int) -> str:
-    return _STATE_NAMES.get(state, f"state {state}")  # type: ignore[call-overload]
+    return _STATE_NAMES.get(state, f"state {state}")
 
 
 def status_words(status: int) -> str:
