@@ -61,11 +61,12 @@ class State(enum.IntEnum):
     ERROR = 10
 
 
-_STATE_NAMES: dict[int, str] = {State.APP_IDLE: "appIDLE", State.APP_DETACH: "appDETACH", State.IDLE: "dfuIDLE",
-                State.DNLOAD_SYNC: "dfuDNLOAD-SYNC", State.DNBUSY: "dfuDNBUSY", State.DNLOAD_IDLE: "dfuDNLOAD-IDLE",
-                State.MANIFEST_SYNC: "dfuMANIFEST-SYNC", State.MANIFEST: "dfuMANIFEST",
-                State.MANIFEST_WAIT_RESET: "dfuMANIFEST-WAIT-RESET", State.UPLOAD_IDLE: "dfuUPLOAD-IDLE",
-                State.ERROR: "dfuERROR"}
+_STATE_NAMES: dict[int, str] = {
+    State.APP_IDLE: "appIDLE", State.APP_DETACH: "appDETACH", State.IDLE: "dfuIDLE",
+    State.DNLOAD_SYNC: "dfuDNLOAD-SYNC", State.DNBUSY: "dfuDNBUSY", State.DNLOAD_IDLE: "dfuDNLOAD-IDLE",
+    State.MANIFEST_SYNC: "dfuMANIFEST-SYNC", State.MANIFEST: "dfuMANIFEST",
+    State.MANIFEST_WAIT_RESET: "dfuMANIFEST-WAIT-RESET", State.UPLOAD_IDLE: "dfuUPLOAD-IDLE", State.ERROR: "dfuERROR",
+}
 
 # DFU 1.1 status codes (§6.1.2) in words
 _STATUS_WORDS = {
