@@ -40,9 +40,10 @@ def hub_sources(sim_registry: Path | None = None) -> list[PortSource]:
     """Every board on the real hub, of every family; plus emulated boards when a registry is given."""
     from station.discovery.serial_ports import SerialPortSource
     from station.discovery.sim_ports import SimPortSource
+    from station.discovery.usb_devices import UsbDeviceSource
     from station.families import usb_ids
 
-    sources: list[PortSource] = [SerialPortSource(usb_ids("serial"))]
+    sources: list[PortSource] = [SerialPortSource(usb_ids("serial")), UsbDeviceSource(usb_ids("usb"))]
     if sim_registry is not None:
         sources.append(SimPortSource(sim_registry))
     return sources

@@ -6,10 +6,12 @@ a USB ID, a chip or a port URL belongs to.
 from __future__ import annotations
 
 from station.families.base import BoardFamily
+from station.families.dfu import DfuFamily
 from station.families.esp import EspFamily
 
 FAMILIES: dict[str, BoardFamily] = {
     "esp": EspFamily(),
+    "dfu": DfuFamily(),
 }
 
 

@@ -1,0 +1,159 @@
+"""DFU boards beside ESP boards in one batch, end to end: each board's memory holds exactly the profile's
+images, a board unplugged mid-write fails in plain words while the others pass, and every refusal leaves the
+board untouched."""
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from station.discovery import Discovery
+from station.discovery.sim_ports import SimPortSource
+from station.engine import Engine
+from station.families.dfu.dfufile import Element, Target, build_dfuse_file
+from station.families.dfu.sim.device import DfuFaults, make_device
+from station.families.dfu.sim.server import DfuSimServer
+from station.families.esp.sim.fleet import demo_fleet
+from station.families.esp.sim.server import EspSimServer
+from station.identity.ca import StationCA
+from station.journal import Journal
+from station.profiles import ProfileError, load_profile
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+PSK = "correct horse battery"
+CA = StationCA.ephemeral()
+
+
+@pytest.fixture
+def profile():
+    return load_profile(PROFILES / "demo-mixed.toml")
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """Emulated ESP and DFU boards on one emulated hub (one registry); yields (esp_server, dfu_server)."""
+    servers = []
+
+    def plug(esp_count: int, dfu_kinds: list[str]):
+        registry = tmp_path / "registry"
+        esp = EspSimServer(demo_fleet(esp_count), registry_dir=registry).start() if esp_count else None
+        devices = [make_device(kind, i) for i, kind in enumerate(dfu_kinds)]
+        dfu = DfuSimServer(devices, registry).start()
+        servers.extend(s for s in (esp, dfu) if s)
+        return esp, dfu
+
+    yield plug
+    for server in servers:
+        server.stop()
+
+
+def run_batch(profile, registry: Path, journal: Journal):
+    engine = Engine(profile, Discovery([SimPortSource(registry)]), journal, operator="tester",
+                    station_id="station-t", psk=PSK, ca=CA, reprovision=True)
+    try:
+        return asyncio.run(engine.run_batch())
+    finally:
+        engine.close()
+
+
+def expected_memory(profile, chip: str) -> list[tuple[int, int, bytes]]:
+    """(alt, address, bytes) the profile puts on a board of `chip`."""
+    return [(p.alt if isinstance(p.alt, int) else 0, p.address, p.data) for p in profile.firmware[chip].placements]
+
+
+def test_eight_dfu_boards_beside_four_esp_boards(profile, hub, tmp_path):
+    kinds = ["stm32", "core"] * 4
+    esp, dfu = hub(4, kinds)
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    summary = run_batch(profile, tmp_path / "registry", journal)
+
+    assert summary.failed == {}
+    assert sorted(summary.passed) == sorted(esp.locations + dfu.locations)
+    chips = {"stm32": "STM32", "core": "Spark Core"}
+    for device, kind in zip(dfu.devices, kinds):
+        for alt, address, data in expected_memory(profile, chips[kind]):
+            assert device.read_memory(alt, address, len(data)) == data
+        # nothing beyond the image was programmed: the next page of internal flash is still erased
+        alt, address, data = expected_memory(profile, chips[kind])[-1]
+        assert device.read_memory(alt, address + len(data), 1024) == b"\xff" * 1024
+    rows = {d.port: d for d in journal.devices(summary.batch_id)}
+    assert {rows[loc].family for loc in dfu.locations} == {"dfu"}
+    assert {rows[loc].chip for loc in dfu.locations} == {"STM32", "Spark Core"}
+    journal.close()
+
+
+def test_a_board_unplugged_mid_write_fails_in_plain_words_and_the_others_pass(profile, hub, tmp_path):
+    esp, dfu = hub(0, ["stm32", "core", "stm32", "core"])
+    dfu.devices[2].faults = DfuFaults(unplug_after_bytes=40 * 1024)
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    summary = run_batch(profile, tmp_path / "registry", journal)
+
+    gone = dfu.locations[2]
+    assert list(summary.failed) == [gone]
+    assert summary.failed[gone].startswith("Board vanished during flash at ")
+    assert sorted(summary.passed) == sorted(set(dfu.locations) - {gone})
+    journal.close()
+
+
+def test_an_image_outside_the_boards_memory_is_refused_before_anything_is_written(hub, tmp_path):
+    shutil.copytree(PROFILES / "firmware", tmp_path / "firmware")
+    image = (tmp_path / "firmware" / "tinker-core" / "tinker.bin")
+    (tmp_path / "p.toml").write_text(f'''
+[profile]
+name = "Core at the wrong address"
+
+[[firmware]]
+chip = "Spark Core"
+
+[[firmware.images]]
+file = "firmware/tinker-core/tinker.bin"
+address = 0x08000000
+sha256 = "{__import__("hashlib").sha256(image.read_bytes()).hexdigest()}"
+''')
+    profile = load_profile(tmp_path / "p.toml")
+    _, dfu = hub(0, ["core"])
+    before = dfu.devices[0].snapshot(0)
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    summary = run_batch(profile, tmp_path / "registry", journal)
+
+    reason = summary.failed[dfu.locations[0]]
+    assert "tinker.bin can't be written to this board" in reason and "0x08000000" in reason
+    assert dfu.devices[0].snapshot(0) == before  # the bootloader pages are untouched
+    journal.close()
+
+
+def dfu_profile(tmp_path: Path, data: bytes) -> Path:
+    import hashlib
+
+    (tmp_path / "fw.dfu").write_bytes(data)
+    path = tmp_path / "p.toml"
+    path.write_text(f'''
+[profile]
+name = "STM32 DfuSe"
+
+[[firmware]]
+chip = "STM32"
+
+[[firmware.images]]
+file = "fw.dfu"
+sha256 = "{hashlib.sha256(data).hexdigest()}"
+''')
+    return path
+
+
+def test_a_dfu_file_with_a_bad_crc_is_refused_naming_the_file(tmp_path):
+    good = build_dfuse_file([Target(0, "Internal Flash", (Element(0x08000000, b"\x01" * 256),))], 0x0483, 0xDF11)
+    bad = good[:-1] + bytes([good[-1] ^ 0xFF])
+    with pytest.raises(ProfileError) as err:
+        load_profile(dfu_profile(tmp_path, bad))
+    assert "fw.dfu" in str(err.value) and "CRC" in str(err.value)
+
+
+def test_a_dfu_file_for_another_board_is_refused(tmp_path):
+    other = build_dfuse_file([Target(0, "Internal Flash", (Element(0x08000000, b"\x01" * 256),))], 0x2B04, 0xD006)
+    with pytest.raises(ProfileError) as err:
+        load_profile(dfu_profile(tmp_path, other))
+    assert "2b04:d006" in str(err.value).lower()
