@@ -15,7 +15,7 @@ import usb.core
 import usb.util
 
 from station.families.dfu.sim.backend import EmulatedUsbBackend
-from station.families.dfu.sim.cli import build_devices
+from station.families.dfu.sim.cli import build_devices, dump_memories
 from station.families.dfu.sim.device import DfuFaults, make_device
 from station.families.dfu.sim.remote import NoDeviceAtUrl, UsbSimUrlError, open_device, parse_url
 from station.families.dfu.sim.server import DfuSimServer
@@ -25,7 +25,7 @@ IDLE, DNBUSY, DNLOAD_IDLE, MANIFEST, UPLOAD_IDLE, ERROR = 2, 4, 5, 7, 9, 10
 OK, ERR_TARGET, ERR_WRITE, ERR_CHECK_ERASED, ERR_VERIFY, ERR_ADDRESS, ERR_STALLEDPKT = 0, 1, 3, 5, 7, 8, 15
 
 
-# --- a minimal DfuSe host, straight from PROTOCOLS §4.1/§4.3 -----------------------------------------------------
+# --- a minimal DfuSe host, straight from PROTOCOLS §4.1/§4.3 ----
 
 
 def status(dev, timeout=1000) -> tuple[int, int, int]:
@@ -91,7 +91,7 @@ def bus():
     return EmulatedUsbBackend()
 
 
-# --- NOR ------------------------------------------------------------------------------------------------------------
+# --- NOR ----
 
 
 def test_nor_programs_by_clearing_bits_and_reports_a_needed_erase():
@@ -109,7 +109,7 @@ def test_nor_programs_by_clearing_bits_and_reports_a_needed_erase():
         nor.program(16383, b"ab")
 
 
-# --- descriptors ------------------------------------------------------------------------------------------------------
+# --- descriptors ----
 
 
 def test_pyusb_lists_devices_with_real_descriptors_and_strings(bus):
@@ -161,7 +161,7 @@ def test_stm32_serials_collide_when_uids_differ_only_where_st_formula_ignores(bu
     assert make_device("core", 0).serial != make_device("core", 0).device_id  # the Core's serial is not its id
 
 
-# --- state machine ---------------------------------------------------------------------------------------------------
+# --- state machine ----
 
 
 def test_busy_rule_write_and_upload_on_stm32(bus):
@@ -264,7 +264,7 @@ def test_alt_settings_reach_the_other_memories(bus):
     assert set_address(dev, 0x4000) == (ERR_ADDRESS, ERROR)
 
 
-# --- leave and the bus ------------------------------------------------------------------------------------------------
+# --- leave and the bus ----
 
 
 def leave(dev, address: int) -> tuple[int, int]:
@@ -314,7 +314,21 @@ def test_unplug_gives_enodev(bus):
     assert usb.core.find(backend=bus) is None
 
 
-# --- faults ------------------------------------------------------------------------------------------------------------
+def test_mass_erase_and_read_unprotect_on_stm32(bus):
+    device = make_device("stm32")
+    bus.plug(device)
+    dev = find_one(bus)
+    assert write(dev, 0x08000000, b"\x00" * 64, 2048) == (OK, DNLOAD_IDLE)
+    assert write(dev, 0x080E0000, b"\x00" * 64, 2048) == (OK, DNLOAD_IDLE)
+    assert command(dev, b"\x41") == (OK, DNLOAD_IDLE)  # mass erase
+    assert device.snapshot(0) == b"\xff" * (1024 * 1024)
+    assert write(dev, 0x08000000, b"\x00" * 64, 2048) == (OK, DNLOAD_IDLE)
+    dnload(dev, 0, b"\x92")
+    assert status(dev)[2] == DNBUSY  # AN3156: erases everything, then resets
+    assert device.attachment is None and device.read_memory(0, 0x08000000, 64) == b"\xff" * 64
+
+
+# --- faults ----
 
 
 def test_fault_unplug_after_bytes(bus):
@@ -367,7 +381,19 @@ def test_faults_parse_from_cli_text():
         DfuFaults().with_fault("unplug_after_bytes", "many")
 
 
-# --- timing ------------------------------------------------------------------------------------------------------------
+def test_dump_writes_one_file_per_alt(tmp_path):
+    devices = build_devices("core", 1, False, ())
+    with DfuSimServer(devices, tmp_path / "registry") as server:
+        dev = open_device(server.urls[0])
+        dev.set_interface_altsetting(0, 1)
+        assert write(dev, 0x1000, b"server key", 1024) == (OK, DNLOAD_IDLE)
+    dump_memories(server, tmp_path / "dump")
+    assert sorted(p.name for p in (tmp_path / "dump").iterdir()) == ["sim-2.1.alt0.bin", "sim-2.1.alt1.bin"]
+    spi = (tmp_path / "dump" / "sim-2.1.alt1.bin").read_bytes()
+    assert len(spi) == 2 * 1024 * 1024 and spi[0x1000:0x100A] == b"server key"
+
+
+# --- timing ----
 
 
 def test_throttled_device_advertises_real_times_and_stays_busy(bus):
@@ -419,7 +445,7 @@ def _errno_of(fn) -> int:
     return 0
 
 
-# --- over TCP -----------------------------------------------------------------------------------------------------------
+# --- over TCP ----
 
 
 def test_served_device_is_found_in_the_registry_and_flashed_over_tcp(tmp_path):
@@ -470,7 +496,7 @@ def test_bad_usbsim_urls_are_refused_with_the_expected_form():
             parse_url(bad)
 
 
-# --- the third-party proof: pyfu-usb, unmodified ------------------------------------------------------------------------
+# --- the third-party proof: pyfu-usb, unmodified ----
 
 
 def test_pyfu_usb_lists_and_flashes_emulated_devices(bus, monkeypatch, tmp_path, caplog):
