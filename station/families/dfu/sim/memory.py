@@ -123,28 +123,25 @@ class AltMemory:
     def start(self) -> int:
         return self.regions[0].start
 
-    def segment_at(self, address: int) -> tuple[Segment, Medium, int]:
-        """(segment, medium, offset in the medium) for `address`."""
+    def _region(self, address: int) -> tuple[Region, Medium]:
         for region, medium in zip(self.regions, self.media):
             if region.start <= address < region.end:
-                seg = next(s for s in region.segments if s.start <= address < s.end)
-                return seg, medium, address - region.start
+                return region, medium
         raise AddressError(f"0x{address:08X} is outside {self.name}")
 
     def contains(self, address: int) -> bool:
         return any(r.start <= address < r.end for r in self.regions)
 
     def _span(self, address: int, length: int) -> tuple[list[Segment], Medium, int]:
-        """Segments covering [address, address+length), which must lie in one region."""
-        first, medium, offset = self.segment_at(address)
-        region = next(r for r in self.regions if r.start <= address < r.end)
+        """Segments covering [address, address+length) (one region), the medium and the offset in it."""
+        region, medium = self._region(address)
         if address + length > region.end:
             raise AddressError(f"0x{address:08X}+{length} runs past the end of {self.name}")
-        segs = [s for s in region.segments if s.start < address + length and s.end > address]
-        return segs, medium, offset
+        segs = [s for s in region.segments if s.start < address + max(length, 1) and s.end > address]
+        return segs, medium, address - region.start
 
     def erase_page(self, address: int) -> float:
-        seg, medium, offset = self.segment_at(address)
+        (seg,), medium, offset = self._span(address, 1)
         if not seg.erasable:
             raise AccessError(f"0x{address:08X} in {self.name} is not erasable")
         return medium.erase_sector(offset)
@@ -166,10 +163,8 @@ class AltMemory:
 
     def read(self, address: int, length: int) -> bytes:
         """Up to `length` bytes; a read reaching past the region's end comes back short."""
-        seg, medium, offset = self.segment_at(address)
-        region = next(r for r in self.regions if r.start <= address < r.end)
-        length = min(length, region.end - address)
-        segs = [s for s in region.segments if s.start < address + length and s.end > address]
+        region, _ = self._region(address)
+        segs, medium, offset = self._span(address, min(length, region.end - address))
         if not all(s.readable for s in segs):
             raise AccessError(f"0x{address:08X}+{length} in {self.name} is not readable")
         return medium.read(offset, length)
