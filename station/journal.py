@@ -1,8 +1,9 @@
 """The journal: an SQLite file (WAL) that records every batch, device and step as it happens.
 
-Each write commits with synchronous=FULL, so a step that has ended survives a crash or power cut. A device
-still marked "running" when the station starts again was interrupted; `recover()` marks and reports those.
-Calls come from the ports' worker threads, so one connection is shared under a lock.
+Each write commits with synchronous=FULL (station/store.py opens the file), so a step that has ended survives
+a crash or power cut. A device still marked "running" when the station starts again was interrupted;
+`recover()` marks and reports those. Calls come from the ports' worker threads, so one connection is shared
+under a lock.
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from station.model import Result
+from station.store import Schema, add_column, connect
 
-SCHEMA = """
+# Version 1 is the tables as the station made them before versions were kept, so such a file opens as it is.
+TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     profile TEXT NOT NULL,
@@ -58,6 +61,11 @@ CREATE TABLE IF NOT EXISTS steps (
 );
 CREATE INDEX IF NOT EXISTS steps_device ON steps(device_id);
 """
+
+SCHEMA = Schema("journal", (
+    TABLES_V1,
+    add_column("devices", "identity", "TEXT NOT NULL DEFAULT '{}'"),  # journals older than the identity record
+))
 
 
 @dataclass(frozen=True)
@@ -103,22 +111,10 @@ class BatchRow:
 
 class Journal:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = connect(path, SCHEMA)
         self._db.row_factory = sqlite3.Row
-        self._db.executescript(SCHEMA)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring a journal written by an older station up to this schema (columns are only ever added)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
-        if "identity" not in columns:
-            self._db.execute("ALTER TABLE devices ADD COLUMN identity TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:

@@ -300,39 +300,24 @@ def _load_steps(top: Table, families: list) -> dict[str, StepPolicy]:
 
 
 def resolve_psk(wifi: WifiSpec, environ: dict[str, str] | None = None) -> str:
-    """Read the Wi-Fi passphrase from the environment or the OS keyring, never from a file.
+    """The Wi-Fi passphrase from where [wifi] says it is kept (psk_env, else psk_keyring), never from a file.
 
     Called once per batch, before any board is touched, so a missing secret stops nothing half-way.
     """
     from station.families.esp.payloads import PayloadError
     from station.families.esp.payloads.nvs import validate_wifi
+    from station.secrets import SecretError, SecretSpec
 
-    env = os.environ if environ is None else environ
-    psk: str | None = None
-    tried = []
-    if wifi.psk_env:
-        psk = env.get(wifi.psk_env)
-        tried.append(f"environment variable {wifi.psk_env}")
-    if psk is None and wifi.psk_keyring:
-        import keyring
-        import keyring.errors
-
-        service, user = wifi.psk_keyring.split("/")
-        try:
-            psk = keyring.get_password(service, user)
-        except keyring.errors.KeyringError as exc:
-            raise ProfileError(f"Wi-Fi passphrase: the OS keyring is not usable ({exc}). Set "
-                               f"{wifi.psk_env or 'a psk_env variable'} instead.")
-        tried.append(f"OS keyring entry {wifi.psk_keyring}")
-    if psk is None:
-        where = " or ".join(tried) if tried else "nowhere (the profile names no psk_env or psk_keyring)"
-        raise ProfileError(f"Wi-Fi passphrase for '{wifi.ssid}' not found in {where}. Set it, e.g. "
-                           f"export {wifi.psk_env or 'STATION_WIFI_PSK'}=…, or store it in the keyring.")
-    if not psk:
-        raise ProfileError(f"Wi-Fi passphrase from {tried[-1]} is empty; set the network's passphrase "
-                           f"(8-63 characters) there.")
+    places = [f"{kind}:{name}" for kind, name in (("env", wifi.psk_env), ("keyring", wifi.psk_keyring)) if name]
+    if not places:
+        raise ProfileError(f"Wi-Fi passphrase for '{wifi.ssid}': [wifi] names no psk_env or psk_keyring; add "
+                           f"psk_env = \"STATION_WIFI_PSK\" (and export it) or psk_keyring = \"service/user\".")
     try:
-        validate_wifi(wifi.ssid, psk)
+        psk = SecretSpec.parse(f"Wi-Fi passphrase for '{wifi.ssid}'", *places).resolve(environ=environ)
+    except SecretError as exc:
+        raise ProfileError(str(exc)) from None
+    try:
+        validate_wifi(wifi.ssid, psk.reveal())
     except PayloadError as exc:
-        raise ProfileError(f"Wi-Fi passphrase from {tried[-1]}: {exc}")
-    return psk
+        raise ProfileError(f"Wi-Fi passphrase {psk.origin}: {exc}") from None
+    return psk.reveal()

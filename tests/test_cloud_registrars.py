@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from station.cloud import CloudRefused, CloudUnavailable
-from station.cloud.registrar import Credential, DeviceRegistration, HttpsRegistrar, PinMismatch, \
+from station.cloud.registrar import DeviceRegistration, HttpsRegistrar, PinMismatch, \
     SparkServerRegistrar
 from station.cloud.spark_test_server import SparkTestServer
+from station.secrets import SecretSpec
 from tests.test_cloud_pki import free_port
 
 SECRET_ENV, PASSWORD_ENV, TOKEN_ENV = "TEST_SPARK_CLIENT_SECRET", "TEST_SPARK_PASSWORD", "TEST_CLOUD_TOKEN"
@@ -32,9 +33,9 @@ def pem_public(key) -> str:
 
 def spark(server: SparkTestServer, client_id: str = "CLI2") -> SparkServerRegistrar:
     return SparkServerRegistrar(server.url, client_id=client_id,
-                                client_secret=Credential.parse(f"env:{SECRET_ENV}", "spark-server client secret"),
+                                client_secret=SecretSpec.parse("spark-server client secret", f"env:{SECRET_ENV}"),
                                 username="maker@example.com",
-                                password=Credential.parse(f"env:{PASSWORD_ENV}", "spark-server password"))
+                                password=SecretSpec.parse("spark-server password", f"env:{PASSWORD_ENV}"))
 
 
 @pytest.fixture
@@ -117,8 +118,8 @@ def test_spark_server_down_is_worth_a_retry(monkeypatch):
     monkeypatch.setenv(SECRET_ENV, "x")
     monkeypatch.setenv(PASSWORD_ENV, "y")
     registrar = SparkServerRegistrar(f"http://127.0.0.1:{free_port()}", client_id="CLI2",
-                                     client_secret=Credential("secret", env=SECRET_ENV), username="u",
-                                     password=Credential("password", env=PASSWORD_ENV))
+                                     client_secret=SecretSpec.parse("secret", f"env:{SECRET_ENV}"), username="u",
+                                     password=SecretSpec.parse("password", f"env:{PASSWORD_ENV}"))
     device = DeviceRegistration("aa04", public_key_pem=pem_public(ec.generate_private_key(ec.SECP256R1())))
     with pytest.raises(CloudUnavailable, match="can't be reached"):
         registrar.register(device)
@@ -127,11 +128,12 @@ def test_spark_server_down_is_worth_a_retry(monkeypatch):
 def test_a_missing_credential_names_where_it_was_looked_for(spark_server, monkeypatch):
     monkeypatch.delenv(SECRET_ENV)
     device = DeviceRegistration("aa05", public_key_pem=pem_public(ec.generate_private_key(ec.SECP256R1())))
-    with pytest.raises(CloudRefused, match=f"spark-server client secret not found in environment variable "
-                                           f"{SECRET_ENV}"):
+    with pytest.raises(CloudRefused, match=f"No spark-server client secret: looked in environment variable "
+                                           f"{SECRET_ENV}. Set it: export {SECRET_ENV}="):
         spark(spark_server).register(device)
-    with pytest.raises(ValueError, match="env:VARIABLE"):
-        Credential.parse("SPARK_SECRET", "secret")
+    with pytest.raises(ValueError, match="env:VARIABLE") as err:
+        SecretSpec.parse("spark-server client secret", "SPARK_SECRET")
+    assert "SPARK_SECRET" not in str(err.value)  # it might have been the secret itself
 
 
 # --- HTTPS ------------------------------------------------------------------------------------------------
@@ -204,7 +206,8 @@ def cloud_api(tmp_path, monkeypatch):
 
 
 def https(api, pin: str, pin_kind: str = "certificate") -> HttpsRegistrar:
-    return HttpsRegistrar(api.url, token=Credential("cloud token", env=TOKEN_ENV), pin_sha256=pin, pin_kind=pin_kind)
+    return HttpsRegistrar(api.url, token=SecretSpec.parse("cloud token", f"env:{TOKEN_ENV}"), pin_sha256=pin,
+                          pin_kind=pin_kind)
 
 
 def test_https_registrar_posts_the_record_to_the_pinned_server(cloud_api):

@@ -110,7 +110,7 @@ def test_nvs_value_of_the_wrong_type(profile_dir):
     assert "70000" in message and "u16" in message
 
 
-@pytest.mark.parametrize("psk, why", [("short", "8"), ("x" * 64, "64"), ("", "8")])
+@pytest.mark.parametrize("psk, why", [("short", "8"), ("x" * 64, "64"), ("", "is empty")])
 def test_passphrase_out_of_range_is_refused_without_echoing_it(psk, why):
     profile = load_profile(PROFILES / "demo-mixed.toml")
     with pytest.raises(ProfileError) as err:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from station.cloud.registrar import Credential, HttpsRegistrar, Registrar, SparkServerRegistrar
+from station.cloud.registrar import HttpsRegistrar, Registrar, SparkServerRegistrar
 from station.profiles import CloudSpec
+from station.secrets import SecretSpec
 
 
 def registrar_for(spec: CloudSpec, data: Path, ca=None, broker=None) -> Registrar:
@@ -20,8 +21,8 @@ def registrar_for(spec: CloudSpec, data: Path, ca=None, broker=None) -> Registra
     opts = spec.options
     if spec.registrar == "spark-server":
         return SparkServerRegistrar(spec.url, client_id=opts.get("client_id", "particle"),
-                                    client_secret=Credential.parse(opts["client_secret"], "spark-server client secret"),
+                                    client_secret=SecretSpec.parse("spark-server client secret", opts["client_secret"]),
                                     username=opts.get("username", ""),
-                                    password=Credential.parse(opts["password"], "spark-server password"))
-    return HttpsRegistrar(spec.url, token=Credential.parse(opts["token"], "registration API token"),
+                                    password=SecretSpec.parse("spark-server password", opts["password"]))
+    return HttpsRegistrar(spec.url, token=SecretSpec.parse("registration API token", opts["token"]),
                           pin_sha256=opts["pin_sha256"], pin_kind=opts.get("pin_kind", "certificate"))

@@ -1,7 +1,8 @@
 """The registration outbox: registrations are written to the journal before they are sent, and marked
 delivered only when the cloud confirms.
 
-It lives in the station's journal file (its own connection; WAL, synchronous=FULL), in one table:
+It lives in the station's journal file (its own connection from station/store.py; WAL, synchronous=FULL),
+in one table:
 
     registrations(id, device_id, registrar, action, payload, state, attempts, next_try, last_error, created,
                   delivered)
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +32,11 @@ from typing import Callable, Iterable, Mapping
 
 from station.cloud import CloudError, CloudRefused
 from station.cloud.registrar import REGISTER, VOID, DeviceRegistration, Registrar, RegistrationResult
+from station.store import Schema, connect
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
-SCHEMA = """
+TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS registrations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS registrations (
 CREATE INDEX IF NOT EXISTS registrations_due ON registrations(state, next_try);
 CREATE INDEX IF NOT EXISTS registrations_device ON registrations(device_id);
 """
+
+SCHEMA = Schema("outbox", (TABLES_V1,))  # version 1: the table as made before versions were kept
 
 _COLUMNS = "id, device_id, registrar, action, payload, state, attempts, next_try, last_error, created, delivered"
 
@@ -117,16 +120,12 @@ class Outbox:
                  on_update: Callable[[RegistrationUpdate], None] | None = None, batch_size: int = 1000,
                  lease: float = 300.0, workers: int = 4):
         self.path = Path(journal_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.backoff = backoff
         self.on_update = on_update
         self.batch_size = batch_size
         self.lease = lease  # how long a claimed row is left alone: longer than any registrar call takes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = connect(self.path, SCHEMA)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None

@@ -11,7 +11,8 @@ They raise `CloudUnavailable` for "try again later" and `CloudRefused` for "the 
 A registrar may also offer `register_many(devices)`, which the outbox uses to deliver many in one round trip.
 
 Credentials (tokens, client secrets, passwords) come from the environment or the OS keyring, named by the
-profile (`Credential`); they are never logged, never part of a message or an exception.
+profile as "env:VARIABLE" / "keyring:service/user" (a `station.secrets.SecretSpec`); they are read on use,
+never kept, never logged, never part of a message or an exception.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import hashlib
 import hmac
 import http.client
 import json
-import os
 import ssl
 import threading
 import time
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from station.cloud import CloudError, CloudRefused, CloudUnavailable
 from station.cloud.dynsec import DEFAULT_TOPIC_PREFIX, DynsecClient, check_device_name, check_topic_prefix
+from station.secrets import SecretError, SecretSpec
 
 REGISTER, VOID = "register", "void"
 
@@ -120,48 +121,12 @@ class Registrar(Protocol):
 
 # --- credentials ------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Credential:
-    """Where a secret comes from: an environment variable and/or an OS keyring entry "service/user".
-
-    `Credential.parse("env:SPARK_SECRET")`, `Credential.parse("keyring:station/spark")`. The value is read on
-    use and never kept in the object, so a repr, a log line or a traceback can't show it.
-    """
-
-    what: str  # "spark-server client secret": used in messages
-    env: str | None = None
-    keyring: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str, what: str) -> "Credential":
-        kind, _, name = spec.partition(":")
-        if kind == "env" and name:
-            return cls(what, env=name)
-        if kind == "keyring" and name.count("/") == 1 and all(name.split("/")):
-            return cls(what, keyring=name)
-        raise ValueError(f"{what}: '{spec}' should be 'env:VARIABLE' or 'keyring:service/user'")
-
-    def describe(self) -> str:
-        places = ([f"environment variable {self.env}"] if self.env else []) + \
-                 ([f"OS keyring entry {self.keyring}"] if self.keyring else [])
-        return " or ".join(places) or "nowhere"
-
-    def get(self, environ: Mapping[str, str] | None = None) -> str:
-        env = os.environ if environ is None else environ
-        value = env.get(self.env) if self.env else None
-        if value is None and self.keyring:
-            import keyring
-            import keyring.errors
-
-            service, user = self.keyring.split("/")
-            try:
-                value = keyring.get_password(service, user)
-            except keyring.errors.KeyringError as exc:
-                raise CloudRefused(f"{self.what}: the OS keyring is not usable ({type(exc).__name__}); set "
-                                   f"{self.env or 'an environment variable'} instead") from None
-        if not value:
-            raise CloudRefused(f"{self.what} not found in {self.describe()}; set it before registering")
-        return value
+def reveal(spec: SecretSpec) -> str:
+    """A credential's value, read on use and never kept; a missing one is the cloud refusing until it is set."""
+    try:
+        return spec.resolve().reveal()
+    except SecretError as exc:
+        raise CloudRefused(str(exc)) from None
 
 
 # --- Mosquitto --------------------------------------------------------------------------------------------
@@ -355,8 +320,8 @@ class SparkServerRegistrar:
     harmless (the server overwrites core_keys/<id>.pub.pem), so repeats are safe.
     """
 
-    def __init__(self, base_url: str, *, client_id: str, client_secret: Credential, username: str,
-                 password: Credential, name: str = "spark-server", timeout: float = 15.0):
+    def __init__(self, base_url: str, *, client_id: str, client_secret: SecretSpec, username: str,
+                 password: SecretSpec, name: str = "spark-server", timeout: float = 15.0):
         self.name = name
         self.http = _Http(base_url, timeout=timeout)
         self.client_id = client_id
@@ -371,8 +336,8 @@ class SparkServerRegistrar:
 
     def _fetch_token(self) -> str:
         form = urllib.parse.urlencode({
-            "grant_type": "password", "username": self.username, "password": self.password.get(),
-            "client_id": self.client_id, "client_secret": self.client_secret.get()}).encode()
+            "grant_type": "password", "username": self.username, "password": reveal(self.password),
+            "client_id": self.client_id, "client_secret": reveal(self.client_secret)}).encode()
         resp = self.http.request("POST", "/oauth/token", body=form,
                                  headers={"Content-Type": "application/x-www-form-urlencoded",
                                           "Accept": "application/json"})
@@ -450,7 +415,7 @@ class HttpsRegistrar:
     SubjectPublicKeyInfo with pin_kind="spki", which survives a renewal with the same key); the pin is checked
     right after the handshake, before the token or the record is sent."""
 
-    def __init__(self, url: str, *, token: Credential, pin_sha256: str, pin_kind: str = "certificate",
+    def __init__(self, url: str, *, token: SecretSpec, pin_sha256: str, pin_kind: str = "certificate",
                  name: str = "https", timeout: float = 15.0):
         self.name = name
         self.http = _Http(url, timeout=timeout, pin=pin_sha256, pin_kind=pin_kind)
@@ -460,7 +425,7 @@ class HttpsRegistrar:
         return f"HttpsRegistrar({self.http.where}{self.http.base_path})"
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token.get()}", "Content-Type": "application/json",
+        return {"Authorization": f"Bearer {reveal(self.token)}", "Content-Type": "application/json",
                 "Accept": "application/json"}
 
     def _fail(self, resp: _Response, doing: str) -> CloudError:
@@ -488,5 +453,5 @@ class HttpsRegistrar:
         raise self._fail(resp, f"void device {device.device_id}")
 
 
-__all__ = ["DeviceRegistration", "RegistrationResult", "Registrar", "Credential", "MosquittoRegistrar",
+__all__ = ["DeviceRegistration", "RegistrationResult", "Registrar", "MosquittoRegistrar",
            "SparkServerRegistrar", "HttpsRegistrar", "PinMismatch", "REGISTER", "VOID"]

@@ -1,8 +1,8 @@
 """Secrets and key files: where the CA passphrase and the token PIN come from, and how keys are kept on disk.
 
 A secret comes from an environment variable, else the OS keyring (service "provisioning-station"), else an
-interactive prompt when stdin is a terminal; never from a file the station wrote. It is held in a `Secret`,
-whose repr names only where it came from, so a secret can't leak through a log line or a traceback.
+interactive prompt when stdin is a terminal; never from a file the station wrote. The lookup is
+`station.secrets`; the value is held in a `Secret`, whose repr names only where it came from.
 
 Private keys on disk are PKCS#8 PEM encrypted with `BestAvailableEncryption`; every file the CA writes is
 created 0600 next to its final name and moved into place with os.replace, so a crash never leaves a
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import getpass
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
-import keyring
-import keyring.errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from station import secrets
 from station.identity import CAError, SecretError
+from station.secrets import ENV, KEYRING, Place, Prompt, Secret, SecretSpec, stdin_is_terminal
 
 KEYRING_SERVICE = "provisioning-station"
 CA_PASSPHRASE_ENV = "STATION_CA_PASSPHRASE"
@@ -32,116 +31,50 @@ PKCS11_PIN_KEYRING_USER = "pkcs11-pin"
 MIN_NEW_PASSPHRASE = 8
 
 
-class Secret:
-    """A passphrase or PIN. Its repr and str say where it came from, never what it is."""
-
-    __slots__ = ("_value", "origin")
-
-    def __init__(self, value: str, origin: str):
-        self._value = value
-        self.origin = origin  # e.g. "from STATION_CA_PASSPHRASE"; goes into error messages
-
-    def reveal(self) -> str:
-        return self._value
-
-    def encoded(self) -> bytes:
-        return self._value.encode("utf-8")
-
-    def __repr__(self) -> str:
-        return f"<Secret {self.origin}>"
-
-    __str__ = __repr__
-
-    def __reduce__(self):  # no pickling a secret into a file or a queue by accident
-        raise TypeError("a Secret can't be pickled")
-
-
 class SecretSource:
-    """Finds one secret: env variable, else OS keyring, else a prompt (only when stdin is a terminal).
-
-    The secret is looked up once, on first `get()`, and remembered for this object's life only.
+    """One of the CA's secrets (passphrase, PIN): the environment variable, else the OS keyring entry
+    provisioning-station/<keyring_user>, else a prompt (only when stdin is a terminal) — a `SecretSpec`
+    lookup, done once, on first `get()`, and remembered for this object's life only.
     """
 
     def __init__(self, what: str, env: str | None, keyring_user: str | None, *,
                  environ: Mapping[str, str] | None = None, interactive: bool | None = None,
-                 prompt: Callable[[str], str] | None = None):
+                 prompt: Prompt | None = None):
+        places = ((Place(ENV, env),) if env else ()) + \
+                 ((Place(KEYRING, f"{KEYRING_SERVICE}/{keyring_user}"),) if keyring_user else ())
+        self.spec = SecretSpec(what, places, typed=interactive is not False)
         self.what = what  # "CA key passphrase", "PKCS#11 PIN for token 'station'"
-        self.env = env
-        self.keyring_user = keyring_user
         self._environ = environ
         self._interactive = interactive
         self._prompt = prompt or getpass.getpass
         self._cached: Secret | None = None
-        self._fixed = False
 
     @classmethod
     def fixed(cls, value: str, what: str = "secret", origin: str = "given by the caller") -> "SecretSource":
         """A source that always gives `value` (for programs that already hold the secret)."""
         source = cls(what, None, None, interactive=False)
         source._cached = Secret(value, origin)
-        source._fixed = True
         return source
 
     def __repr__(self) -> str:
         return f"<SecretSource {self.what}: {self.describe()}>"
 
     def describe(self) -> str:
-        if self._fixed and self._cached is not None:
-            return self._cached.origin
-        places = []
-        if self.env:
-            places.append(f"environment variable {self.env}")
-        if self.keyring_user:
-            places.append(f"the OS keyring (service {KEYRING_SERVICE}, user {self.keyring_user})")
-        places.append("a prompt when run in a terminal")
-        return ", else ".join(places)
+        return self._cached.origin if self._cached is not None and not self.spec.places else self.spec.describe()
 
     def get(self, *, confirm: bool = False) -> Secret:
         """The secret, or SecretError saying where it was looked for and how to provide it.
 
         `confirm` asks twice when the secret is typed at a prompt (for a new passphrase).
         """
-        if self._cached is not None:
-            return self._cached
-        environ = os.environ if self._environ is None else self._environ
-        if self.env and environ.get(self.env) is not None:
-            value = environ[self.env]
-            if not value:
-                raise SecretError(f"The {self.what} in {self.env} is empty; set it to the real value, or unset it "
-                                  f"to use the OS keyring or a prompt.")
-            self._cached = Secret(value, f"from {self.env}")
-            return self._cached
-        keyring_note = ""
-        if self.keyring_user:
+        if self._cached is None:
+            interactive = self._interactive if self._interactive is not None else stdin_is_terminal()
             try:
-                value = keyring.get_password(KEYRING_SERVICE, self.keyring_user)
-            except keyring.errors.KeyringError as exc:  # no backend (headless machine) or a locked one
-                value, keyring_note = None, f" (the OS keyring is not usable here: {type(exc).__name__})"
-            if value:
-                self._cached = Secret(value, f"from the OS keyring ({KEYRING_SERVICE}/{self.keyring_user})")
-                return self._cached
-        interactive = self._interactive if self._interactive is not None else _stdin_is_tty()
-        if interactive:
-            value = self._prompt(f"{self.what}: ")
-            if confirm and self._prompt(f"{self.what} (again): ") != value:
-                raise SecretError(f"The two {self.what} entries differ; run the command again and type the same "
-                                  f"one twice.")
-            if not value:
-                raise SecretError(f"An empty {self.what} was typed; type the real one.")
-            self._cached = Secret(value, "typed at the prompt")
-            return self._cached
-        hint = f"export {self.env}=…" if self.env else "provide it"
-        if self.keyring_user:
-            hint += (f", or store it with `keyring set {KEYRING_SERVICE} {self.keyring_user}`")
-        raise SecretError(f"No {self.what}: looked in {self.describe()}{keyring_note}, and stdin is not a "
-                          f"terminal. Set it: {hint}.")
-
-
-def _stdin_is_tty() -> bool:
-    try:
-        return sys.stdin is not None and sys.stdin.isatty()
-    except (ValueError, OSError):
-        return False
+                self._cached = self.spec.resolve(environ=self._environ, prompt=self._prompt if interactive else None,
+                                                 confirm=confirm)
+            except secrets.SecretError as exc:
+                raise SecretError(str(exc)) from None
+        return self._cached
 
 
 def ca_passphrase_source(environ: Mapping[str, str] | None = None, interactive: bool | None = None) -> SecretSource:

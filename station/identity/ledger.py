@@ -7,8 +7,8 @@ twice and a key seen before (a broken RNG, a board agent replaying its key) is c
 "already provisioned on DATE at PORT; use re-provision". A failed device's certificate is voided, never
 deleted, so a record can't look valid after the fact.
 
-The ledger opens its own connection to the journal's file (WAL, synchronous=FULL) and shares it with the
-journal's tables; the port and date of a device come from the journal's `devices` table.
+The ledger opens its own connection to the journal's file (station/store.py: WAL, synchronous=FULL) and
+shares it with the journal's tables; the port and date of a device come from the journal's `devices` table.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from station.identity import LedgerError
+from station.store import MEMORY, Schema, connect
 
 JOURNAL_FILE = "journal.sqlite3"  # the journal's file name in the data dir (station/cli.py)
 
-SCHEMA = """
+TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS certificates (
     serial_hex TEXT PRIMARY KEY,                  -- certificate serialNumber, upper-case hex, even length
     subject_serial TEXT NOT NULL,                 -- the device serial (subject serialNumber, 2.5.4.5)
@@ -44,6 +45,8 @@ CREATE TABLE IF NOT EXISTS certificates (
 CREATE UNIQUE INDEX IF NOT EXISTS certificates_live_subject ON certificates(subject_serial) WHERE voided IS NULL;
 CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
 """
+
+SCHEMA = Schema("ledger", (TABLES_V1,))  # version 1: the table as made before versions were kept
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,9 @@ def public_key_sha256(public_key: PublicKeyTypes) -> str:
 class Ledger:
     def __init__(self, path: str | Path):
         """`path`: the journal file (data_dir/journal.sqlite3), or ":memory:" for a throw-away ledger."""
-        self.path = Path(path) if str(path) != ":memory:" else None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path) if str(path) != MEMORY else None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        if self.path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = connect(path, SCHEMA)
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path) -> "Ledger":
