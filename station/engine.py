@@ -262,7 +262,7 @@ class Engine:
         self._progress[key] = 0
         self._device_keys[device_id] = key
         self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps), tuple(s.label for s in steps),
-                                       tuple(s.name for s in steps if s.verifies)))
+                                       tuple(s.name for s in steps if s.verifies), any(s.leaves_bus for s in steps)))
         session = family.open_session(port, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
                                       progress=self._progress_reporter(key))
         self._sessions[key] = session

@@ -34,6 +34,7 @@ class DeviceStarted:
     steps: tuple[str, ...]  # the board's steps, in order (its family's, for this profile)
     labels: tuple[str, ...] = ()  # what the window shows while each step runs ("Flashing")
     verifying: tuple[str, ...] = ()  # the steps that check what was written
+    leaves_bus: bool = False  # a board that passes resets off the bus by itself: its going is not a pull
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,4 @@ class Step:
     identifies: bool = False  # after it, ctx.board says what the board is
     transfers: bool = False  # moves bytes with progress: a vanished board is reported "at N %"
     verifies: bool = False  # the window shows it as verifying
+    leaves_bus: bool = False  # afterwards the board resets off the bus by design (a DFU bootloader's leave)

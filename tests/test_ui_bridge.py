@@ -80,6 +80,19 @@ def test_operator_prompt_shows_and_the_tile_carries_on_when_the_board_comes_back
     assert tile.phase is Phase.EMPTY and tile.last_result == "PASS"
 
 
+def test_a_dfu_board_that_leaves_the_bus_after_passing_keeps_its_pass_until_the_next_board(qtbot):
+    bridge = EngineBridge()
+    plugged(bridge)
+    tile = bridge.tiles[KEY]
+    bridge(ev.DeviceStarted(KEY, "dev-1", ("detect", "flash", "reset"), ("Detecting", "Flashing", "Leaving DFU"),
+                            (), leaves_bus=True))
+    bridge(ev.DeviceDone(KEY, "dev-1", True, "", 2.0))
+    bridge(ev.PortGone(KEY))  # the bootloader reset into the firmware: still on the hub, just not in DFU
+    assert tile.phase is Phase.PASS and not tile.present
+    bridge(ev.PortAppeared(PortInfo(KEY, "usb://1-2", "dfu")))  # the next board on this port
+    assert tile.phase is Phase.IDLE and tile.last_result == "PASS" and not tile.leaves_bus
+
+
 def test_secrets_never_reach_the_log_from_any_thread(qtbot):
     bridge = EngineBridge()
     pane = LogPane(bridge, lambda k: k)

@@ -105,6 +105,9 @@ class EngineBridge(QObject):
                 if tile is None or not tile.present:
                     return None
                 tile.present = False
+                if tile.phase is Phase.PASS and tile.leaves_bus:
+                    self._line(e.key, "info", "board left its bootloader and runs its firmware")
+                    return e.key
                 if not tile.busy:  # a busy board's pipeline reports the vanishing itself
                     if tile.finished:
                         tile.last_result = tile.phase.name
@@ -128,7 +131,7 @@ class EngineBridge(QObject):
                 tile = self._tile(e.key)
                 tile.reset_run()
                 tile.batch_id, tile.device_id, tile.steps = self.batch_id, e.device_id, tuple(e.steps)
-                tile.labels, tile.verifying = tuple(e.labels), tuple(e.verifying)
+                tile.labels, tile.verifying, tile.leaves_bus = tuple(e.labels), tuple(e.verifying), e.leaves_bus
                 tile.started = time.monotonic()
                 tile.phase = Phase.WORKING
                 tile.last_result = ""

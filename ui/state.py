@@ -57,6 +57,7 @@ class TileState:
     steps: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()  # what each step is called on the tile ("Flashing"), from its board family
     verifying: tuple[str, ...] = ()  # the steps shown as verifying
+    leaves_bus: bool = False  # the board resets off the bus when done (DFU): its result stays on the tile
     step: str = ""
     step_index: int = -1
     attempt: int = 1
@@ -110,6 +111,7 @@ class TileState:
         self.flash_size = 0
         self.device_id = ""
         self.steps = self.labels = self.verifying = ()
+        self.leaves_bus = False
         self.step, self.step_index, self.attempt = "", -1, 1
         self.clear_progress()
         self.started = self.seconds = None

@@ -19,7 +19,7 @@ CHIP_OF_USB_ID = {usb_id: chip for chip, usb_id in DFU_CHIPS.items()}
 def dfu_steps(profile: Profile) -> list[Step]:
     return [Step("detect", "Detecting", detect, identifies=True), Step("check", "Checking", check),
             Step("flash", "Flashing", flash, transfers=True), Step("verify", "Reading back", verify, verifies=True),
-            Step("reset", "Leaving DFU", leave)]
+            Step("reset", "Leaving DFU", leave, leaves_bus=True)]
 
 
 def detect(ctx: DeviceContext) -> str:
