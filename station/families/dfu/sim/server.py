@@ -20,6 +20,7 @@ from typing import Sequence
 from station.families.dfu.sim.backend import EmulatedUsbBackend
 from station.families.dfu.sim.device import DeviceGone, DfuDevice, EndpointStall, TransferTimeout
 from station.families.dfu.sim.wire import CONTROL, OK, OPEN, SLOT, FrameError, recv_frame, send_frame
+from station.sim.registry import write_registry_file
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,6 @@ def registry_entry(device: DfuDevice, location: str, url: str) -> dict:
     k = device.kind
     return {"location": location, "url": url, "vid": k.vid, "pid": k.pid, "serial": device.serial,
             "description": k.product, "manufacturer": k.manufacturer}
-
-
-def publish(registry_dir: Path, entry: dict) -> None:
-    """Temp file + os.replace, so a scanner never reads half a file."""
-    tmp = registry_dir / f".{entry['location']}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(json.dumps(entry, indent=1) + "\n")
-    os.replace(tmp, registry_dir / f"{entry['location']}.json")
 
 
 class DfuSimServer:
@@ -116,7 +110,7 @@ class DfuSimServer:
         device = self.devices[index]
         if device.attachment is None:
             self.bus.plug(device, port=index + 1)
-            publish(self.registry_dir, registry_entry(device, self.locations[index], self.url(index)))
+            write_registry_file(self.registry_dir, registry_entry(device, self.locations[index], self.url(index)))
 
     def unplug(self, index: int) -> None:
         """Yank the cable: requests in flight and later ones fail with ENODEV; the registry file goes."""

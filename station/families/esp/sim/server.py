@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import select
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from station.families.esp.sim.board import EspBoard
+from station.sim.registry import write_registry_file
 from station.families.esp.sim.protocol_espsim import (
     DTR_BIT, KIND_DATA, KIND_LINES, KIND_SYNC, LINES, PREAMBLE, RTS_BIT, SYNC, SYNC_ECHO, FrameDecoder, encode_data,
     encode_frame,
@@ -95,15 +95,6 @@ def registry_entry(board: EspBoard, location: str, url: str) -> dict:
         serial = None
     return {"location": location, "url": url, "vid": bridge.vid, "pid": bridge.pid, "serial": serial,
             "description": bridge.description, "manufacturer": bridge.manufacturer}
-
-
-def write_registry_file(registry_dir: Path, entry: dict) -> Path:
-    """Atomically (temp file + os.replace) publish one board; a scanner never sees half a file."""
-    path = registry_dir / f"{entry['location']}.json"
-    tmp = registry_dir / f".{entry['location']}.{os.getpid()}.{threading.get_ident()}.tmp"
-    tmp.write_text(json.dumps(entry, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 # --- one live serial line ------------------------------------------------------------------------------------------
