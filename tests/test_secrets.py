@@ -152,13 +152,13 @@ def test_values_never_show_in_reprs_errors_or_pickles(use_keyring):
 
 def test_wifi_profile_keys_map_onto_the_same_lookup(use_keyring):
     use_keyring(MemoryKeyring({("station", "lab-wifi"): VALUE}))
-    both = WifiSpec(ssid="lab", psk_env="LAB_PSK", psk_keyring="station/lab-wifi", partition="nvs")
+    both = WifiSpec(ssid="lab", psk_env="LAB_PSK", psk_keyring="station/lab-wifi")
     assert resolve_psk(both, {"LAB_PSK": "from-the-env-1"}) == "from-the-env-1"
     assert resolve_psk(both, {}) == VALUE
     with pytest.raises(ProfileError) as err:
-        resolve_psk(WifiSpec(ssid="lab", psk_env="LAB_PSK", psk_keyring="station/other", partition="nvs"), {})
+        resolve_psk(WifiSpec(ssid="lab", psk_env="LAB_PSK", psk_keyring="station/other"), {})
     assert str(err.value) == ("No Wi-Fi passphrase for 'lab': looked in environment variable LAB_PSK, else OS "
                               "keyring entry station/other. Set it: export LAB_PSK=…, or store it with "
                               "`keyring set station other`.")
     with pytest.raises(ProfileError, match="names no psk_env or psk_keyring"):
-        resolve_psk(WifiSpec(ssid="lab", psk_env=None, psk_keyring=None, partition="nvs"), {})
+        resolve_psk(WifiSpec(ssid="lab", psk_env=None, psk_keyring=None), {})

@@ -192,9 +192,10 @@ class MainWindow(QMainWindow):
         c.message.connect(self._message)
         b.tileAdded.connect(self._port_seen)
         b.countsChanged.connect(self._sync)
-        b.batchDone.connect(lambda *_: self._sync())
-        b.deviceDone.connect(lambda _k, ok, _r: self.sounds.play(ok))
-        b.tileChanged.connect(lambda _k: self._banner_soon.start())
+        # bound methods, not lambdas: Qt drops them with the window, so a bridge that outlives it can't reach it
+        b.batchDone.connect(self._sync)
+        b.deviceDone.connect(self._device_done)
+        b.tileChanged.connect(self._tiles_changed)
         self.grid.tileClicked.connect(self.log_pane.show_port)
         self.grid.tileMenu.connect(self._tile_menu)
         self.log_pane.diagnosticsRequested.connect(self._copy_selected_diagnostics)
@@ -504,6 +505,12 @@ class MainWindow(QMainWindow):
 
     def _message(self, level: str, text: str) -> None:
         self.statusBar().showMessage(("⚠ " if level in ("warning", "error") else "") + text, 15000)
+
+    def _device_done(self, _key: str, ok: bool, _reason: str) -> None:
+        self.sounds.play(ok)
+
+    def _tiles_changed(self, _key: str) -> None:
+        self._banner_soon.start()
 
     def _sync(self, *_args) -> None:
         c, mode = self.controller, self.controller.mode
