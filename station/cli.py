@@ -2,35 +2,46 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
+from station import services
+from station.cloud import CloudError
+from station.cloud.cli import cloud
 from station.discovery import Discovery, PortSource, hub_sources
-from station.discovery.sim_ports import SimPortSource
 from station.discovery.static_ports import StaticPortSource
 from station.engine import BatchSummary, Engine
-from station.journal import Journal
-from station.profiles import Profile, ProfileError, load_profile, resolve_psk
-from station.settings import data_dir, operator, station_id
 from station.identity import IdentityError
 from station.identity.ca import StationCA
-from station.cloud.cli import cloud
 from station.identity.cli import ca
+from station.journal import Journal
 from station.manifest_sign import verify_command
+from station.profiles import Profile, ProfileError, load_profile, resolve_psk
+from station.secrets import SecretError
+from station.settings import data_dir, operator, station_id
 from station.sim.cli import sim
+from station.store import StoreError
 from station.terminal import TerminalReport
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-DEMO_PSK_ENV = "STATION_DEMO_WIFI_PSK"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class StationGroup(click.Group):
+    """A journal file that can't be used, or a secret that can't be found, ends any command with its one-line
+    message (which names the file or the place and the fix), never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (StoreError, SecretError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=StationGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="STATION_DATA_DIR",
               help="Where the journal lives (default: the user data dir; env STATION_DATA_DIR).")
 @click.pass_context
@@ -54,9 +65,7 @@ manifest.add_command(verify_command)
 
 def _open_journal(ctx: click.Context, sub: str = "") -> tuple[Journal, Path]:
     base = data_dir(ctx.obj["data_dir"])
-    folder = base / sub if sub else base
-    journal = Journal(folder / "journal.sqlite3")
-    interrupted = journal.recover()
+    journal, interrupted = services.open_journal(base / sub if sub else base)
     for dev in interrupted:
         click.echo(f"note: board on {dev.port} (batch {dev.batch_id}, {dev.chip or 'chip unknown'}) was interrupted "
                    f"last time; it needs provisioning again.", err=True)
@@ -75,7 +84,7 @@ def _load(path: str) -> tuple[Profile, str | None]:
 def _open_ca(ctx: click.Context) -> StationCA:
     """The station CA, unlocked now: a wrong passphrase or a missing token stops us before any board."""
     try:
-        return StationCA.load(data_dir(ctx.obj["data_dir"]))
+        return services.open_station_ca(data_dir(ctx.obj["data_dir"]))
     except IdentityError as exc:
         raise click.ClickException(str(exc))
 
@@ -105,13 +114,14 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
                sources: list[PortSource], one_touch: bool, allowed: set[str] | None, operator_name: str | None,
                lot: str, verbose: bool, reprovision: bool = False, journal_sub: str = "",
                broker=None) -> BatchSummary:
-    from station.cloud.connect import registrar_for
-
     journal, base = _open_journal(ctx, journal_sub)
-    registrar = registrar_for(profile.cloud, base, ca, broker) if profile.cloud else None
-    engine = Engine(profile, Discovery(sources), journal, operator=operator(operator_name),
-                    station_id=station_id(base), lot=lot, psk=psk, ca=ca, registrar=registrar,
-                    reprovision=reprovision)
+    try:
+        engine = services.build_engine(profile, Discovery(sources), journal, data=base,
+                                       operator=operator(operator_name), station_id=station_id(base), lot=lot,
+                                       psk=psk, ca=ca, broker=broker, reprovision=reprovision)
+    except (CloudError, ValueError, OSError) as exc:  # a registrar that can't be made: say why, touch no board
+        journal.close()
+        raise click.ClickException(str(exc)) from None
     engine.subscribe(TerminalReport(verbose=verbose))
     click.echo(f"profile: {profile.summary()}")
     try:
@@ -159,16 +169,18 @@ def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operat
 
 
 @main.command()
-@click.option("--boards", default=8, show_default=True, help="How many emulated boards (ESP32, C3, ESP8266 mix).")
+@click.option("--boards", default=8, show_default=True, help="How many emulated ESP boards (ESP32, C3, ESP8266 mix).")
+@click.option("--dfu-boards", default=4, show_default=True,
+              help="How many emulated USB DFU boards (STM32, Spark Core, Photon mix).")
 @click.option("--headless", is_flag=True, help="Terminal only, no window.")
 @click.option("--faults/--no-faults", default=False, help="Make one board vanish mid-flash, to see a failure.")
 @click.option("--throttle/--no-throttle", default=True, show_default=True,
-              help="Pace the emulated boards to their real serial line rate.")
+              help="Pace the emulated boards to their real line rate.")
 @click.option("--profile", "profile_path", default=str(PROFILES_DIR / "demo-mixed.toml"), show_default=True,
               type=click.Path(dir_okay=False))
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
-def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
+def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verbose):
     """Provision emulated boards: the whole station with no hardware. Its journal is kept apart (demo/).
 
     Without a station CA the demo brings an ephemeral one, held in memory for this run; the signed manifest
@@ -176,88 +188,35 @@ def demo(ctx, boards, headless, faults, throttle, profile_path, verbose):
     """
     import secrets
 
-    from station.families.esp.sim.fleet import demo_fleet
-    from station.families.esp.sim.server import EspSimServer
+    from station.sim.demo_hub import DemoHub
 
     # the demo network's passphrase is made up per run unless given; it is never printed
-    os.environ.setdefault(DEMO_PSK_ENV, secrets.token_urlsafe(16))
+    os.environ.setdefault(services.DEMO_PSK_ENV, secrets.token_urlsafe(16))
     profile, psk = _load(profile_path)
+    base = data_dir(ctx.obj["data_dir"])
     if not headless:
         from ui.demo import run_demo  # the window; imported here so the engine never needs Qt
 
-        base = data_dir(ctx.obj["data_dir"])
         # the window always shows one board that fails and one that needs a hand, unless --no-faults is given
         with_faults = faults or ctx.get_parameter_source("faults") is click.core.ParameterSource.DEFAULT
-        sys.exit(run_demo(data=base / "demo", station_id=station_id(base), boards=boards, faults=with_faults,
-                          throttle=throttle, profile=profile_path, listeners=[TerminalReport(verbose=verbose)]))
-    base = data_dir(ctx.obj["data_dir"])
-    ca_ = demo_ca(ctx)
-    with tempfile.TemporaryDirectory(prefix="station-sim-") as registry, demo_broker(ca_) as broker:
-        server = EspSimServer(demo_fleet(boards, faults=faults), registry_dir=registry, throttle=throttle)
-        server.start()
-        try:
-            summary = _provision(ctx, profile, psk, ca_, [SimPortSource(Path(registry))], False, None, None,
-                                 "demo", verbose, journal_sub="demo", broker=broker)
-        finally:
-            server.stop()
-    out = write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
+        sys.exit(run_demo(data=base / "demo", station_id=station_id(base), boards=boards, dfu_boards=dfu_boards,
+                          faults=with_faults, throttle=throttle, profile=profile_path,
+                          listeners=[TerminalReport(verbose=verbose)]))
+    try:
+        ca_ = services.demo_ca(base)
+    except IdentityError as exc:
+        raise click.ClickException(str(exc))
+    with DemoHub.mixed(boards, dfu_boards, faults=faults, throttle=throttle) as hub, \
+            services.demo_broker(ca_, _echo_note) as broker:
+        summary = _provision(ctx, profile, psk, ca_, hub.sources(), False, None, None, "demo", verbose,
+                             journal_sub="demo", broker=broker)
+    out = services.write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
     click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)
 
 
-@contextlib.contextmanager
-def demo_broker(ca_: StationCA):
-    """A local Mosquitto broker for one demo run, on free loopback ports, with its own state (its server
-    certificate comes from this run's CA); stopped by PID at the end. None when mosquitto is missing."""
-    import shutil
-
-    from station.cloud import CloudError
-    from station.cloud.broker import BrokerPorts, LocalBroker, free_loopback_port
-    from station.cloud.cli import issuing_ca_from
-
-    folder = Path(tempfile.mkdtemp(prefix="station-demo-cloud-", dir="/tmp"))
-    os.chmod(folder, 0o711)  # the broker drops to user mosquitto when started as root
-    broker = LocalBroker(folder / "cloud", issuing_ca_from(ca_),
-                         BrokerPorts(admin=free_loopback_port(), devices=free_loopback_port(),
-                                     devices_host="127.0.0.1"))
-    try:
-        broker.up()
-        click.echo(f"local cloud: Mosquitto on 127.0.0.1:{broker.ports.devices} (TLS, device certificates)")
-    except CloudError as exc:
-        click.echo(f"local cloud not started ({exc}); boards will show registration pending", err=True)
-    try:
-        yield broker
-    finally:
-        broker.down()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def demo_ca(ctx: click.Context) -> StationCA:
-    """The station's CA when one is set up, else an ephemeral one held in memory for this run."""
-    if (data_dir(ctx.obj["data_dir"]) / "ca" / "issuing.crt").exists():
-        return _open_ca(ctx)
-    return StationCA.ephemeral()
-
-
-def write_demo_manifest(folder: Path, batch_id: str, ca_: StationCA, station: str) -> Path:
-    """The demo's signed manifest, with the root beside it (an ephemeral CA is gone once the run ends)."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from station.manifest import device_records
-    from station.manifest_sign import sign_manifest
-
-    journal = Journal(folder / "journal.sqlite3")
-    out = folder / f"manifest-{batch_id}.jsonl"
-    key, chain = ca_.manifest_signer()
-    try:
-        with open(out.with_suffix(".part"), "w") as f:
-            sign_manifest(device_records(journal, batch_id), key, chain, f, station_id=station,
-                          ephemeral_ca=ca_.is_ephemeral)
-        os.replace(out.with_suffix(".part"), out)
-        (folder / "root.crt").write_bytes(ca_.root.public_bytes(Encoding.PEM))
-    finally:
-        journal.close()
-    return out
+def _echo_note(text: str, level: str) -> None:
+    click.echo(text, err=level != "info")
 
 
 @main.command()

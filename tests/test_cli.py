@@ -134,3 +134,25 @@ def test_wrong_ca_passphrase_stops_before_any_board(tmp_path, hub):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "passphrase" in run.stderr.lower()
     assert all(b.flash.read(0, 0x1000) == b"\xff" * 0x1000 for b in hub.boards)
+
+
+def test_headless_demo_provisions_esp_and_dfu_boards_on_one_hub(tmp_path):
+    """`station demo --headless`: ESP boards and USB DFU boards on one emulated hub, all pass, all signed."""
+    done = station(tmp_path, "demo", "--headless", "--boards", "2", "--dfu-boards", "2", "--no-throttle")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "4 passed, 0 failed" in done.stdout
+    manifest = next((tmp_path / "demo").glob("manifest-*.jsonl"))
+    records = payloads(manifest)
+    assert sorted((r["family"], r["port"], r["result"]) for r in records) == [
+        ("dfu", "sim-2.1", "pass"), ("dfu", "sim-2.2", "pass"), ("esp", "sim-1.1", "pass"), ("esp", "sim-1.2", "pass")]
+    assert {r["chip"] for r in records if r["family"] == "dfu"} and all(r["chip"] for r in records)
+    verified = station(tmp_path, "manifest", "verify", str(manifest), "--root", str(manifest.parent / "root.crt"))
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_unusable_journal_file_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "journal.sqlite3").write_bytes(b"this is not a database" * 100)
+    done = station(tmp_path, "devices")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("Error: ") and "journal.sqlite3" in done.stderr and "move it away" in done.stderr

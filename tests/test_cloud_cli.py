@@ -62,12 +62,12 @@ def test_the_station_ca_runs_the_broker_and_its_device_certificates_get_in(open_
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from station.cloud.broker import BrokerPorts, LocalBroker
+    from station.cloud.broker import BrokerPorts, LocalBroker, issuing_ca_from
     from station.identity.ca import StationCA
     from tests.test_cloud_pki import DeviceFiles, MqttDevice
 
     station_ca = StationCA.ephemeral("Bench line 1")
-    ca = cloud_cli.issuing_ca_from(station_ca)
+    ca = issuing_ca_from(station_ca)
     broker = LocalBroker(open_dir / "cloud", ca, BrokerPorts(admin=free_port(), devices=free_port(),
                                                              devices_host="127.0.0.1"))
     broker.up()

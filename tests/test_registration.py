@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from station import events as ev
 from station.cloud.broker import BrokerPorts, LocalBroker
-from station.cloud.cli import issuing_ca_from
+from station.cloud.broker import issuing_ca_from
 from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine

@@ -25,7 +25,7 @@ PSK = "ui-test-passphrase-7"
 def bench(stations, monkeypatch):
     """make(boards, plug=True, prefix="sim-1", cloud=False) -> (station, server): the window over emulated boards,
     with an ephemeral CA and, with `cloud`, a real Mosquitto on loopback to register them with."""
-    from station.cli import demo_broker
+    from station.services import demo_broker
     from station.identity.ca import StationCA
 
     monkeypatch.setenv("STATION_DEMO_WIFI_PSK", PSK)

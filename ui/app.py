@@ -23,9 +23,12 @@ from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtGui import QIcon  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
+from station import services  # noqa: E402
+from station.cloud.broker import station_broker  # noqa: E402
 from station.discovery import PortSource  # noqa: E402
 from station.journal import Journal  # noqa: E402
 from station.profiles import WifiSpec, resolve_psk  # noqa: E402
+from station.store import StoreError  # noqa: E402
 from station.settings import data_dir as default_data_dir  # noqa: E402
 from station.settings import operator as operator_name  # noqa: E402
 from station.settings import station_id as make_station_id  # noqa: E402
@@ -55,7 +58,7 @@ class Station:
         self.data.mkdir(parents=True, exist_ok=True)
         self.profiles_dir = Path(profiles_dir)
         self.initial_profile = str(profile) if profile else None
-        self.journal = Journal(self.data / "journal.sqlite3")
+        self.journal = Journal(self.data / services.JOURNAL_FILE)  # StoreError: run() says it in one line
         self.settings = UiSettings(self.data)
         self.lock = SupervisorLock(self.data)
         self.bridge = EngineBridge()
@@ -86,12 +89,11 @@ class Station:
         from PySide6.QtWidgets import QInputDialog, QLineEdit
 
         from station.identity import SecretError
-        from station.identity.ca import StationCA
         from station.identity.keys import SecretSource, ca_passphrase_source, pkcs11_pin_source
 
         loop = asyncio.get_running_loop()
         try:  # never a terminal prompt: the window has no terminal to type into
-            return await loop.run_in_executor(None, lambda: StationCA.load(
+            return await loop.run_in_executor(None, lambda: services.open_station_ca(
                 self.data, ca_passphrase_source(interactive=False), pin_source=pkcs11_pin_source(interactive=False)))
         except SecretError:
             pass  # not in the environment or keyring: ask the person at the station (never a terminal prompt)
@@ -101,7 +103,7 @@ class Station:
         if not ok or not text:
             raise SecretError("no CA key passphrase given")
         source = SecretSource.fixed(text, "CA key passphrase", "typed in the window")
-        return await loop.run_in_executor(None, lambda: StationCA.load(self.data, source, pin_source=source))
+        return await loop.run_in_executor(None, lambda: services.open_station_ca(self.data, source, source))
 
     def trusted_roots(self) -> list:
         """Roots a manifest must chain to: the open CA's, else the one in <data>/ca (public, no passphrase)."""
@@ -130,22 +132,16 @@ class Station:
         self.controller.ca = ca
         return f"station CA created in {self.data / 'ca'} ({ca!r}); keep its passphrase safe, and a backup"
 
-    def _local_broker(self, ca=None):
-        from station.cloud.broker import LocalBroker
-        from station.cloud.cli import broker_state_dir, issuing_ca_from
-
-        return LocalBroker(broker_state_dir(self.data), issuing_ca_from(ca) if ca is not None else None)
-
     async def cloud_up(self) -> str:
         """`station cloud up` from the window (the broker's certificate comes from the station CA)."""
         ca = await self.controller.open_ca()
         if ca is None:
             raise RuntimeError("the local cloud needs the station CA: create or open it first")
-        state = await asyncio.get_running_loop().run_in_executor(None, lambda: self._local_broker(ca).up())
+        state = await asyncio.get_running_loop().run_in_executor(None, lambda: station_broker(self.data, ca).up())
         return "local cloud: " + "; ".join(state.lines())
 
     async def cloud_down(self) -> str:
-        stopped = await asyncio.get_running_loop().run_in_executor(None, lambda: self._local_broker().down())
+        stopped = await asyncio.get_running_loop().run_in_executor(None, lambda: station_broker(self.data).down())
         return "local cloud stopped" if stopped else "local cloud was not running"
 
     async def cloud_status(self) -> tuple[bool, str]:
@@ -153,10 +149,7 @@ class Station:
         def look() -> tuple[bool, str]:
             broker = self.controller.broker
             if broker is None:
-                from station.cloud.broker import LocalBroker
-                from station.cloud.cli import broker_state_dir
-
-                broker = LocalBroker(broker_state_dir(self.data))
+                broker = station_broker(self.data)
             state = broker.status()
             lines = list(state.lines()) if hasattr(state, "lines") else [repr(state)]
             try:
@@ -254,7 +247,11 @@ def run(make_station: Callable[[], Station], after_start: Callable[[Station], Aw
     tasks: list[asyncio.Future] = []
 
     async def main() -> int:
-        station = make_station()
+        try:
+            station = make_station()
+        except StoreError as exc:  # the journal file can't be used: say why (one line), no window
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
         closed = asyncio.Event()
         station.window.closed.connect(closed.set)
 

@@ -8,17 +8,19 @@ only while nothing runs. The controller never reads engine events: the bridge do
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from station import services
 from station.discovery import Discovery, PortSource
 from station.engine import BatchSummary, Engine
 from station.journal import Journal
 from station.profiles import Profile, ProfileError, WifiSpec, load_profile, resolve_psk
+from station.secrets import SecretError
+from station.store import StoreError
 from ui.bridge import EngineBridge
 from ui.store import UiSettings
 
@@ -123,31 +125,21 @@ class StationController(QObject):
             self.engine = None
         if self.profile is None:
             return None
-        profile, kwargs = self.profile, {"reprovision": self.reprovision_default}
-        if full:
-            kwargs["ca"] = self.ca
-            if profile.cloud is not None:
-                kwargs["registrar"] = self._registrar(profile)
-        elif profile.cloud is not None:  # no outbox for an engine that only looks at ports
-            profile = dataclasses.replace(profile, cloud=None)
-        engine = Engine(profile, self.discovery, self.journal, operator=self.operator, station_id=self.station_id,
-                        lot=self.lot, psk=psk, poll_interval=self.poll_interval, **kwargs)
-        self.bridge.registering = "registrar" in kwargs  # passed boards wait in the outbox until the cloud answers
+        try:
+            engine = services.build_engine(
+                self.profile, self.discovery, self.journal, data=self.data_dir or Path("."), operator=self.operator,
+                station_id=self.station_id, lot=self.lot, psk=psk, ca=self.ca, broker=self.broker,
+                reprovision=self.reprovision_default, poll_interval=self.poll_interval, watch_only=not full,
+                on_registrar_error=lambda text, level: self._say(level, text))
+        except (StoreError, SecretError) as exc:  # the journal file's ledger/outbox tables can't be used
+            self._say("error", str(exc))
+            return None
+        self.bridge.registering = engine.outbox is not None  # passed boards wait there until the cloud answers
         engine.subscribe(self.bridge)  # the one bridge
         for listener in self.listeners:
             engine.subscribe(listener)
         self.engine, self._psk_tag, self._engine_full = engine, tag, full or not needs_ca(self.profile)
         return engine
-
-    def _registrar(self, profile: Profile):
-        """The profile's [cloud] registrar; None (registrations then wait in the outbox) if it can't be made."""
-        try:
-            from station.cloud.connect import registrar_for
-
-            return registrar_for(profile.cloud, self.data_dir or Path("."), self.ca, self.broker)
-        except Exception as exc:  # noqa: BLE001 - a cloud that can't be reached only delays registration
-            self._say("warning", f"cloud registration not set up ({exc}); passed boards wait in the outbox")
-            return None
 
     async def open_ca(self) -> object | None:
         """The station CA, opened once (by `ca_provider`); None, with the reason said, when there is none."""
@@ -183,7 +175,8 @@ class StationController(QObject):
         engine = self.engine
         if engine is None or tag != self._psk_tag or not self._engine_full:
             engine = self._replace_engine(psk, tag, full=True)
-        assert engine is not None
+            if engine is None:
+                return None
         engine.lot = self.lot
         if hasattr(engine, "reprovision"):
             engine.reprovision = self.reprovision_default if reprovision is None else reprovision

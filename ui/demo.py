@@ -1,7 +1,7 @@
 """`station demo` with a window: emulated boards on an emulated hub, one that fails and one that needs a hand.
 
-The boards are the project's ESP emulators (station.sim), served on loopback and found through a registry
-directory exactly as real ports are found; the station drives them with the same code as real boards. The
+The boards are the project's ESP and USB DFU emulators (station.sim.demo_hub), served on loopback and found
+through a registry directory exactly as real ports are found; the station drives them with the same code as real boards. The
 demo adds two things a real bench has and an emulator does not:
 
 * a scripted operator: when the station asks for a hand on the "wrong boot mode" board (OperatorPrompt), it
@@ -9,13 +9,12 @@ demo adds two things a real bench has and an emulator does not:
   and carries on by itself. The board is an ESP32: esptool reads the boot mode from the ROM's boot log on
   ESP32 and later only, so on an ESP8266 (or wherever no prompt comes) the scripted operator fixes the
   straps before the station's second detect attempt instead, and says so in the station log.
-* tile menu entries to unplug / plug back an emulated board.
+* tile menu entries to unplug / plug back an emulated board (ESP or DFU).
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,19 +22,21 @@ from PySide6.QtCore import QObject, QTimer
 from PySide6.QtWidgets import QMenu
 
 from station import events as ev
-from station.discovery.sim_ports import SimPortSource
+from station import services
 from station.families.esp.sim.board import EspFaults
 from station.families.esp.sim.server import EspSimServer
-from station.families.esp.sim.fleet import demo_fleet
+from station.sim.demo_hub import DemoHub
 from ui.app import Station, run
 
 PROMPT_DELAY_S = 3.0
 
 
 class DemoHarness(QObject):
-    def __init__(self, station: Station, server: EspSimServer, prompt_index: int | None):
+    def __init__(self, station: Station, server: EspSimServer, prompt_index: int | None, hub: DemoHub | None = None):
+        """`prompt_index`: the board on `server` with wrong boot straps, if any; `hub`: whose boards the tile
+        menu unplugs and plugs back (none: no such menu entries)."""
         super().__init__(station.window)
-        self.station, self.server = station, server
+        self.station, self.server, self.hub = station, server, hub
         self.prompt_index = prompt_index
         self.prompt_key = server.locations[prompt_index] if prompt_index is not None else None
         self.prompted = False
@@ -84,14 +85,13 @@ class DemoHarness(QObject):
         self.station.bridge.note(f"demo: board on {self._name()} re-plugged in download mode", key=self.prompt_key)
 
     def _tile_actions(self, key: str, menu: QMenu) -> None:
-        if key not in self.server.locations:
+        if self.hub is None or key not in self.hub.locations:
             return
-        i = self.server.locations.index(key)
         menu.addSeparator()
-        plugged = self.server.is_plugged(i)
+        plugged = self.hub.is_plugged(key)
         action = menu.addAction("Unplug (emulated board)" if plugged else "Plug back in (emulated board)")
         action.triggered.connect(lambda: asyncio.ensure_future(
-            asyncio.get_running_loop().run_in_executor(None, self.server.unplug if plugged else self.server.plug, i)))
+            asyncio.get_running_loop().run_in_executor(None, self.hub.unplug if plugged else self.hub.plug, key)))
 
 
 _DEMO_CA = None
@@ -108,24 +108,18 @@ async def demo_ca():
 
 
 async def start_demo_cloud(station: Station):
-    """The demo's own Mosquitto on loopback (station.cli.demo_broker), started in the executor; returns the
-    context to close at the end, or None when the profile registers nowhere or the broker can't start."""
+    """The demo's own Mosquitto on loopback (station.services.demo_broker), started in the executor; returns
+    the context to close at the end, or None when the profile registers nowhere."""
     if getattr(station.controller.profile, "cloud", None) is None:
-        return None
-    try:
-        from station.cli import demo_broker
-    except ImportError:
         return None
     ca = await demo_ca()
     loop = asyncio.get_running_loop()
-    context = demo_broker(ca)
-    try:
-        station.controller.broker = await loop.run_in_executor(None, context.__enter__)
-    except Exception as exc:  # noqa: BLE001 - no cloud only means "registration pending"
-        station.bridge.note(f"demo: local cloud not started ({exc}); boards will show registration pending",
-                            "warning")
-        return None
-    station.bridge.note("demo: local cloud (Mosquitto, TLS with the demo CA) running on loopback")
+
+    def note(text: str, level: str) -> None:  # said from the executor; the bridge lives on the GUI thread
+        loop.call_soon_threadsafe(station.bridge.note, f"demo: {text}", level)
+
+    context = services.demo_broker(ca, note)
+    station.controller.broker = await loop.run_in_executor(None, context.__enter__)
     return context
 
 
@@ -163,10 +157,11 @@ async def wait_for_ports(station: Station, keys: list[str], timeout: float = 10.
     return False
 
 
-def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = True, throttle: bool = True,
-             profile: str | Path, listeners=(), autostart: bool = True, autoquit: bool | None = None,
-             screenshot: str | None = None) -> int:
-    """Open the window on `boards` emulated boards and run one batch; the window stays until closed.
+def run_demo(*, data: Path, station_id: str, boards: int = 8, dfu_boards: int = 4, faults: bool = True,
+             throttle: bool = True, profile: str | Path, listeners=(), autostart: bool = True,
+             autoquit: bool | None = None, screenshot: str | None = None) -> int:
+    """Open the window on `boards` emulated ESP boards and `dfu_boards` DFU boards and run one batch; the
+    window stays until closed.
 
     autoquit (default: $STATION_DEMO_AUTOQUIT) closes the window once the batch is done (for runs under
     xvfb-run, where nobody can close it); screenshot (default: $STATION_DEMO_SCREENSHOT) saves it first.
@@ -174,19 +169,18 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
     if autoquit is None:
         autoquit = os.environ.get("STATION_DEMO_AUTOQUIT", "") not in ("", "0")
     screenshot = screenshot or os.environ.get("STATION_DEMO_SCREENSHOT") or None
-    fleet = demo_fleet(boards, faults=faults)  # with faults, the last board vanishes mid-flash
+    hub = DemoHub.mixed(boards, dfu_boards, faults=faults, throttle=throttle)  # faults: the last ESP board vanishes
     prompt_index = 3 if faults and boards >= 5 else None  # an ESP32 (see demo_fleet's chip order)
     if prompt_index is not None:
-        fleet[prompt_index].faults = EspFaults(wrong_boot_mode=True)
-    registry = tempfile.TemporaryDirectory(prefix="station-sim-")
-    server = EspSimServer(fleet, registry_dir=registry.name, throttle=throttle).start()
+        hub.esp.boards[prompt_index].faults = EspFaults(wrong_boot_mode=True)
+    hub.start()
 
     def make() -> Station:
-        station = Station(data, [SimPortSource(Path(registry.name))], profile=profile, station_id=station_id,
+        station = Station(data, hub.sources(), profile=profile, station_id=station_id,
                           listeners=listeners, title_suffix=" — demo (emulated boards)")
-        station.harness = DemoHarness(station, server, prompt_index)
+        station.harness = DemoHarness(station, hub.esp, prompt_index, hub)
         configure_demo(station)
-        prepare_layout(station, server.locations)
+        prepare_layout(station, hub.locations)
         return station
 
     clouds = []
@@ -197,7 +191,7 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
             clouds.append(cloud)
         if not autostart:
             return
-        if not await wait_for_ports(station, server.locations):
+        if not await wait_for_ports(station, hub.locations):
             station.bridge.note("demo: the emulated boards did not show up", "error")
         await station.controller.start_batch()
         if autoquit:
@@ -214,5 +208,4 @@ def run_demo(*, data: Path, station_id: str, boards: int = 8, faults: bool = Tru
     finally:
         for cloud in clouds:
             cloud.__exit__(None, None, None)  # the broker stops by PID
-        server.stop()
-        registry.cleanup()
+        hub.stop()

@@ -13,10 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from station.discovery.sim_ports import SimPortSource
 from station.families.esp.sim.board import EspFaults
-from station.families.esp.sim.server import EspSimServer
-from station.families.esp.sim.fleet import demo_fleet
+from station.sim.demo_hub import DemoHub
 from ui.app import PROFILES_DIR, Station, run
 from ui.demo import DemoHarness, configure_demo, prepare_layout, start_demo_cloud, wait_for_ports
 from ui.state import Phase
@@ -38,21 +36,22 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0] if argv else "screenshots")
     out.mkdir(parents=True, exist_ok=True)
     work = tempfile.TemporaryDirectory(prefix="station-shots-")
-    fleet = demo_fleet(8, faults=True)
+    hub = DemoHub.mixed(8, 4, faults=True, registry=Path(work.name) / "registry")  # the last ESP board vanishes
+    server, fleet = hub.esp, hub.esp.boards  # the scripted operator and the failures are on the ESP boards
     fleet[PROMPT_BOARD].faults = EspFaults(wrong_boot_mode=True)
-    server = EspSimServer(fleet, registry_dir=Path(work.name) / "registry", throttle=True).start()
+    hub.start()
     shots: list[str] = []
     clouds = []
 
     def make() -> Station:
         import os
         os.environ.setdefault("STATION_DEMO_WIFI_PSK", "screenshot-passphrase")
-        station = Station(Path(work.name) / "data", [SimPortSource(Path(work.name) / "registry")],
+        station = Station(Path(work.name) / "data", hub.sources(),
                           profile=PROFILES_DIR / "demo-mixed.toml", operator="alice", station_id="bench-1-demo",
                           title_suffix=" — demo (emulated boards)")
-        station.harness = DemoHarness(station, server, PROMPT_BOARD)  # the scripted operator
+        station.harness = DemoHarness(station, server, PROMPT_BOARD, hub)  # the scripted operator
         configure_demo(station)
-        prepare_layout(station, server.locations)
+        prepare_layout(station, hub.locations)
         station.window.resize(1500, 940)
         station.window.lot_edit.setText("LOT-2026-11-A")
         return station
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> int:
         cloud = await start_demo_cloud(station)
         if cloud is not None:
             clouds.append(cloud)
-        await wait_for_ports(station, server.locations)
+        await wait_for_ports(station, hub.locations)
         await asyncio.sleep(0.5)
         save("01-ready")
         w.lot_edit.returnPressed.emit()
@@ -145,7 +144,7 @@ def main(argv: list[str]) -> int:
     finally:
         for cloud in clouds:
             cloud.__exit__(None, None, None)
-        server.stop()
+        hub.stop()
         work.cleanup()
 
 

@@ -664,3 +664,33 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+ROOT_FALLBACK = Path("/var/lib/provisioning-station")
+
+
+def broker_state_dir(data: Path) -> Path:
+    """<data>/cloud, unless the station runs as root and the unprivileged broker user can't reach it (a data
+    dir under /root): then /var/lib/provisioning-station/cloud-<hash of the data dir>."""
+    preferred = data / "cloud"
+    if os.geteuid() != 0 or (preferred / "broker.json").exists():
+        return preferred
+    digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
+    fallback = ROOT_FALLBACK / f"cloud-{digest}"
+    if (fallback / "broker.json").exists():
+        return fallback
+    try:
+        user = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return preferred  # LocalBroker explains what is missing
+    return preferred if blocking_folder(preferred / "broker", user) is None else fallback
+
+
+def issuing_ca_from(ca) -> IssuingCA:
+    """What the broker needs from a StationCA: the issuing certificate, its signing key and the chain."""
+    return IssuingCA(ca.issuing, ca.issuing_key, tuple(ca.chain))
+
+
+def station_broker(data: Path, ca=None) -> LocalBroker:
+    """The station's own broker (`station cloud up`), for the data dir `data`; `ca` (a StationCA) only to start it."""
+    return LocalBroker(broker_state_dir(data), issuing_ca_from(ca) if ca is not None else None)

@@ -4,58 +4,24 @@ Mounted by station/cli.py (`main.add_command(cloud)`); the data dir comes from `
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import pwd
 from pathlib import Path
 
 import click
 
 from station.cloud import BrokerError, CloudError
-from station.cloud.broker import BrokerPorts, LocalBroker, blocking_folder
+from station.cloud.broker import BrokerPorts, LocalBroker, broker_state_dir, issuing_ca_from
 from station.cloud.tls import IssuingCA
 from station.settings import data_dir
-
-ROOT_FALLBACK = Path("/var/lib/provisioning-station")
 
 
 def load_issuing_ca(data: Path) -> IssuingCA:
     """The station CA (unlocked: env STATION_CA_PASSPHRASE, the keyring or a prompt), for the broker."""
-    try:
-        from station.identity.ca import StationCA
-    except ImportError:
-        raise click.ClickException("the station has no CA module yet; run `station ca init` first") from None
+    from station.identity.ca import StationCA
+
     try:
         return issuing_ca_from(StationCA.load(data))
     except (ValueError, OSError) as exc:  # CAError / SecretError are ValueErrors with plain messages
         raise click.ClickException(str(exc)) from None
-
-
-def issuing_ca_from(ca) -> IssuingCA:
-    """What the broker needs from a StationCA: the issuing certificate, its signing key object and the chain.
-    StationCA keeps the key private (`_issuing_key`); a public accessor there would be nicer."""
-    key = getattr(ca, "issuing_key", None) or getattr(ca, "_issuing_key", None)
-    if key is None:
-        raise click.ClickException("the station CA did not hand over its issuing key; the broker needs it to "
-                                   "sign its server certificate and CRL")
-    return IssuingCA(ca.issuing, key, tuple(ca.chain))
-
-
-def broker_state_dir(data: Path) -> Path:
-    """<data>/cloud, unless the station runs as root and the unprivileged broker user can't reach it (a data
-    dir under /root): then /var/lib/provisioning-station/cloud-<hash of the data dir>."""
-    preferred = data / "cloud"
-    if os.geteuid() != 0 or (preferred / "broker.json").exists():
-        return preferred
-    digest = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
-    fallback = ROOT_FALLBACK / f"cloud-{digest}"
-    if (fallback / "broker.json").exists():
-        return fallback
-    try:
-        user = pwd.getpwnam("mosquitto")
-    except KeyError:
-        return preferred  # LocalBroker explains what is missing
-    return preferred if blocking_folder(preferred / "broker", user) is None else fallback
 
 
 def _broker(ctx: click.Context, ca: IssuingCA | None = None, ports: BrokerPorts | None = None,

@@ -13,10 +13,9 @@ def registrar_for(spec: CloudSpec, data: Path, ca=None, broker=None) -> Registra
     one `broker` the caller runs); a broker that is down only delays registrations (the outbox retries)."""
     if spec.registrar == "mosquitto":
         if broker is None:
-            from station.cloud.broker import LocalBroker
-            from station.cloud.cli import broker_state_dir
+            from station.cloud.broker import station_broker
 
-            broker = LocalBroker(broker_state_dir(data))
+            broker = station_broker(data)
         return broker.registrar("mosquitto")
     opts = spec.options
     if spec.registrar == "spark-server":

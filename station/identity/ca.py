@@ -177,6 +177,12 @@ class StationCA:
         self._issuer = issuing.subject
         self.issuing_sha256 = fingerprint(issuing)
 
+    @property
+    def issuing_key(self):
+        """The issuing CA's signing key (in memory, or a handle on the token): the station's local broker signs
+        its server certificate and CRL with it."""
+        return self._issuing_key
+
     def __repr__(self) -> str:
         kind = "ephemeral " if self.is_ephemeral else ""
         return f"<StationCA {kind}'{_cn(self.issuing)}' key: {self.key_location}>"
