@@ -279,7 +279,7 @@ def _interrupt(*_args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="repetitions of each measurement (>= 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="repetitions of each measurement (>= 2)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir (logs, journal, profile)")
     args = parser.parse_args(argv)
     if args.rounds < 2:
