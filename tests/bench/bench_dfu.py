@@ -29,6 +29,9 @@ Measurements (each repeated --rounds times, order alternating between rounds; me
 Ratios
   (1) station-8 wall / station-1 wall                                    target <= 1.10
   (2) station write B/s / pyfu-usb write B/s (same work, one board)      target >= 1.00
+      Both are bound by the board's erase/program time. The station waits each GETSTATUS's bwPollTimeout (whole
+      ms, rounded up: 9 ms for a 2 KiB block that programs in 8.2 ms) before polling again, as DFU 1.1 asks;
+      pyfu-usb polls at once and the busy board holds the request until it is done, so it never pays the rounding.
 
 Exit status: 0 all targets met, 1 a target missed, 2 a run failed or setup failed.
 """
