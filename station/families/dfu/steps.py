@@ -57,7 +57,7 @@ def check(ctx: DeviceContext) -> str:
         except DfuError as exc:
             raise StepFailed(f"{p.name} can't be written to this board: {exc}") from exc
     total = sum(len(p.data) for p in firmware.placements)
-    return f"{len(firmware.placements)} ranges ({total} bytes) fit the board's memory layout"
+    return f"{_ranges(firmware)} ({total} bytes) fit the board's memory layout"
 
 
 def flash(ctx: DeviceContext) -> str:
@@ -78,7 +78,7 @@ def flash(ctx: DeviceContext) -> str:
             raise StepFailed(f"Flash failed: {exc}") from exc
         done += len(p.data)
         ctx.written.append(FlashImage(p.name, p.address, p.data, region=shown(alt.name)))
-    return f"wrote {total} bytes in {len(firmware.placements)} ranges"
+    return f"wrote {total} bytes in {_ranges(firmware)}"
 
 
 def verify(ctx: DeviceContext) -> str:
@@ -93,7 +93,7 @@ def verify(ctx: DeviceContext) -> str:
             at = next(i for i, (a, b) in enumerate(zip(back, p.data)) if a != b)
             raise StepFailed(f"Verify failed: {p.name} reads back different at {p.address + at:#010x} "
                              f"(wrote {p.data[at]:#04x}, board has {back[at]:#04x}); the flash may be faulty")
-    return f"{len(firmware.placements)} ranges read back equal"
+    return f"{_ranges(firmware)} read back equal"
 
 
 def leave(ctx: DeviceContext) -> str:
@@ -107,6 +107,11 @@ def leave(ctx: DeviceContext) -> str:
     return {LeaveOutcome.MANIFEST: "the board left DFU mode to run its firmware",
             LeaveOutcome.DNLOAD_IDLE: "the board acknowledged and resets into its firmware",
             LeaveOutcome.VANISHED: "the board reset into its firmware at once"}[outcome]
+
+
+def _ranges(firmware: DfuFirmwareSet) -> str:
+    n = len(firmware.placements)
+    return f"{n} range" if n == 1 else f"{n} ranges"
 
 
 def _select(host: DfuHost, p: Placement):
