@@ -228,7 +228,7 @@ class PortTile(QWidget):
             if cloud:
                 tail += f" · {cloud}"
             if not s.present:
-                tail += " · board pulled"
+                tail += " · running its firmware" if s.leaves_bus else " · board pulled"
             elif self._armed(s.key) == "armed":
                 tail += " · unplug the board"
             p.setFont(_font(unit * 0.075))
