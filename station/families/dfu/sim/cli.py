@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import signal
-import threading
 from pathlib import Path
 
 import click
+
+from station.sim.cli import serve_until_stopped
 
 from station.families.dfu.sim.device import DfuDevice, DfuFaults, make_device
 from station.families.dfu.sim.kinds import KINDS, MIXED_ORDER
@@ -75,20 +75,13 @@ def dfu(kind, count, registry, dump, fault_specs, throttle, host, port, verbose)
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     devices = build_devices(kind, count, throttle, fault_specs)
     server = DfuSimServer(devices, registry, host=host, port=port)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         server.start()
     except OSError as e:
         raise click.ClickException(f"cannot serve on {host}:{port}: {e.strerror}; pick another --port") from None
     try:
-        for location, device, url in zip(server.locations, server.devices, server.urls):
-            click.echo(f"ready {location} {device.kind.name} {url} serial={device.serial} uid={device.uid.hex()}")
-        click.get_text_stream("stdout").flush()
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped([f"ready {location} {device.kind.name} {url} serial={device.serial} uid={device.uid.hex()}"
+                             for location, device, url in zip(server.locations, server.devices, server.urls)])
     finally:
         server.stop()
         if dump is not None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import itertools
 import logging
-import signal
-import threading
 
 import click
+
+from station.sim.cli import serve_until_stopped
 
 from station.families.esp.sim.board import EspBoard, EspFaults
 from station.families.esp.sim.chips import MIXED_ORDER, chip_facts, parse_flash_size
@@ -90,19 +90,12 @@ def esp(chips, count, tcp, use_pty, baud_throttle, registry, flash_size, fault_s
     server = EspSimServer(boards, host=host, base_port=port, transport="pty" if use_pty else "tcp",
                           throttle=baud_throttle, registry_dir=registry, location_prefix=location_prefix)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
-        for location, board, url, station_url in zip(server.locations, server.boards, server.urls,
-                                                     server.station_urls):
-            # the url for the stock esptool CLI first (socket://, unframed), then what the station opens
-            # (espsim://, the same TCP port with DTR/RTS) and what the registry files advertise
-            click.echo(f"ready {location} {board.chip.name} {url} station={station_url} mac={board.mac_text}")
-        click.get_text_stream("stdout").flush()
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        # the url for the stock esptool CLI first (socket://, unframed), then what the station opens
+        # (espsim://, the same TCP port with DTR/RTS) and what the registry files advertise
+        serve_until_stopped([f"ready {location} {board.chip.name} {url} station={station_url} mac={board.mac_text}"
+                             for location, board, url, station_url in zip(server.locations, server.boards,
+                                                                           server.urls, server.station_urls)])
     finally:
         server.stop()
