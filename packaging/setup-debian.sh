@@ -8,6 +8,7 @@ packages=(
   mosquitto mosquitto-clients openssl        # the local cloud (broker + dynamic security) and cert checks
   softhsm2                                   # PKCS#11 token for CA keys (tests use it; real HSMs work the same)
   binutils                                   # ar: the tests check certs.ar trust stores against GNU ar
+  libusb-1.0-0                               # pyusb's backend: boards in USB DFU mode
   libegl1 libgl1 libglx0 libfontconfig1 libfreetype6 libxkbcommon0 libglib2.0-0 libdbus-1-3
   libx11-6 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
   libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-xfixes0 libxcb-xkb1
