@@ -184,7 +184,7 @@ def load_profile(path: str | os.PathLike) -> Profile:
             meta.fail(f"family {names} does not include '{extra}', but [[firmware]] has {extra} chips; add it or "
                       f"remove the key (the chips say which families a profile uses).", "family")
 
-    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top)}
+    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware)}
     options = {name_: FAMILIES[name_].load_options(top, sets_, generic) for name_, sets_ in by_family.items()}
     cloud = _load_cloud(top)
     if cloud and not generic["identity"]:

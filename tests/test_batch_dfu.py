@@ -157,3 +157,12 @@ def test_a_dfu_file_for_another_board_is_refused(tmp_path):
     with pytest.raises(ProfileError) as err:
         load_profile(dfu_profile(tmp_path, other))
     assert "2b04:d006" in str(err.value).lower()
+
+
+def test_wifi_on_a_profile_of_dfu_boards_alone_is_refused(tmp_path):
+    data = build_dfuse_file([Target(0, "Internal Flash", (Element(0x08000000, b"\x01" * 256),))], 0x0483, 0xDF11)
+    path = dfu_profile(tmp_path, data)
+    path.write_text(path.read_text() + '\n[wifi]\nssid = "lab"\npsk_env = "LAB_PSK"\n')
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    assert "[wifi] has no place on STM32 boards in DFU mode" in str(err.value)

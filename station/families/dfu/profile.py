@@ -74,6 +74,12 @@ def load_firmware(fw: Table, base: Path, chip: str) -> DfuFirmwareSet:
 
 
 def load_options(top: Table, firmware: dict[str, DfuFirmwareSet], generic: dict[str, Any]) -> DfuOptions:
+    """[wifi] and [identity] are for the profile's other boards; a profile of DFU boards alone can't use them."""
+    others = [chip for chip in generic["chips"] if chip not in DFU_CHIPS]
+    for table in ("wifi", "identity"):
+        if generic[table] is not None and not others:
+            top.fail(f"[{table}] has no place on {'/'.join(firmware)} boards in DFU mode; remove it (DFU boards "
+                     f"are only flashed).")
     return DfuOptions()
 
 

@@ -57,7 +57,10 @@ def check(ctx: DeviceContext) -> str:
         except DfuError as exc:
             raise StepFailed(f"{p.name} can't be written to this board: {exc}") from exc
     total = sum(len(p.data) for p in firmware.placements)
-    return f"{_ranges(firmware)} ({total} bytes) fit the board's memory layout"
+    # the profile's Wi-Fi and identity are for its other boards: say so, so nobody expects them here
+    skipped = " and ".join(t for t, v in (("Wi-Fi", ctx.profile.wifi), ("identity", ctx.profile.identity)) if v)
+    note = f"; no {skipped} on a DFU board" if skipped else ""
+    return f"{_ranges(firmware)} ({total} bytes) fit the board's memory layout{note}"
 
 
 def flash(ctx: DeviceContext) -> str:
