@@ -20,6 +20,7 @@ from station.identity.ca import StationCA
 from station.identity.cli import ca
 from station.journal import Journal
 from station.manifest_sign import verify_command
+from station.profile_library import available_profiles, find_profile, shipped_profiles_dir, user_profiles_dir
 from station.profiles import Profile, ProfileError, load_profile, resolve_psk
 from station.secrets import SecretError
 from station.settings import data_dir, operator, station_id
@@ -27,7 +28,7 @@ from station.sim.cli import sim
 from station.store import StoreError
 from station.terminal import TerminalReport
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+DEMO_PROFILE = "demo-mixed"  # shipped (station_profiles)
 
 
 class StationGroup(click.Group):
@@ -72,9 +73,9 @@ def _open_journal(ctx: click.Context, sub: str = "") -> tuple[Journal, Path]:
     return journal, base
 
 
-def _load(path: str) -> tuple[Profile, str | None]:
+def _load(name_or_path: str) -> tuple[Profile, str | None]:
     try:
-        profile = load_profile(path)
+        profile = load_profile(find_profile(name_or_path))
         psk = resolve_psk(profile.wifi) if profile.wifi else None
     except ProfileError as exc:
         raise click.ClickException(str(exc))
@@ -135,8 +136,8 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False),
-              help="Product profile (TOML); examples in profiles/.")
+@click.option("--profile", "profile_path", required=True, metavar="NAME|PATH",
+              help="Product profile: a TOML file, or the name of one `station profiles` lists.")
 @click.option("--port", "ports", multiple=True, metavar="URL",
               help="Only these ports (tty path, socket://host:port, usb://BUS-PORT.PORT); repeatable. Default: "
                    "every known board on USB.")
@@ -176,8 +177,8 @@ def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operat
 @click.option("--faults/--no-faults", default=False, help="Make one board vanish mid-flash, to see a failure.")
 @click.option("--throttle/--no-throttle", default=True, show_default=True,
               help="Pace the emulated boards to their real line rate.")
-@click.option("--profile", "profile_path", default=str(PROFILES_DIR / "demo-mixed.toml"), show_default=True,
-              type=click.Path(dir_okay=False))
+@click.option("--profile", "profile_path", default=DEMO_PROFILE, show_default=True, metavar="NAME|PATH",
+              help="A TOML file, or the name of one `station profiles` lists.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verbose):
@@ -200,7 +201,7 @@ def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verb
         # the window always shows one board that fails and one that needs a hand, unless --no-faults is given
         with_faults = faults or ctx.get_parameter_source("faults") is click.core.ParameterSource.DEFAULT
         sys.exit(run_demo(data=base / "demo", station_id=station_id(base), boards=boards, dfu_boards=dfu_boards,
-                          faults=with_faults, throttle=throttle, profile=profile_path,
+                          faults=with_faults, throttle=throttle, profile=profile.path,
                           listeners=[TerminalReport(verbose=verbose)]))
     try:
         ca_ = services.demo_ca(base)
@@ -213,6 +214,22 @@ def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verb
     out = services.write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
     click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)
+
+
+@main.command()
+def profiles():
+    """List the profiles: yours (the user config folder) and the shipped ones; `--profile NAME` takes either."""
+    entries = available_profiles()
+    for origin, title, folder in (("user", "your profiles", user_profiles_dir()),
+                                  ("shipped", "shipped profiles", shipped_profiles_dir())):
+        these = [e for e in entries if e.origin == origin]
+        click.echo(f"{title}: {folder}" + ("" if these else "  (none yet: copy a shipped one there to change it)"))
+        for entry in these:
+            try:
+                what = load_profile(entry.path).summary()
+            except ProfileError as exc:
+                what = f"can't be used: {exc}"
+            click.echo(f"  {entry.name:<22} {what}" + ("  (yours of the same name is used)" if entry.shadowed else ""))
 
 
 def _echo_note(text: str, level: str) -> None:
