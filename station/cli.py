@@ -27,6 +27,7 @@ from station.settings import data_dir, operator, station_id
 from station.sim.cli import sim
 from station.store import StoreError
 from station.terminal import TerminalReport
+from station.udev import GROUP
 
 DEMO_PROFILE = "demo-mixed"  # shipped (station_profiles)
 
@@ -230,6 +231,46 @@ def profiles():
             except ProfileError as exc:
                 what = f"can't be used: {exc}"
             click.echo(f"  {entry.name:<22} {what}" + ("  (yours of the same name is used)" if entry.shadowed else ""))
+
+
+def _station_command() -> str:
+    """How the desktop entry starts this very installation: the bundle's executable or the `station` script."""
+    if getattr(sys, "frozen", False):  # PyInstaller sets it
+        return sys.executable
+    script = Path(sys.argv[0]).absolute()
+    return str(script) if script.name == "station" else f"{sys.executable} -m station.cli"
+
+
+@main.command()
+@click.option("--remove", is_flag=True, help="Undo what setup changed (it keeps a record).")
+@click.option("--user", help="Who gets access to the boards (default: the user who ran sudo).")
+@click.option("--root", "root_dir", default="/", show_default=True, type=click.Path(file_okay=False),
+              envvar="STATION_SETUP_ROOT", help="Install under this folder instead (an image being built).")
+def setup(remove, user, root_dir):
+    """Once per computer, as root: udev rules for the boards, the user in their group, the menu entry."""
+    from station.host_setup import SetupError, install, uninstall
+
+    root = Path(root_dir).absolute()
+    if root == Path("/") and os.geteuid() != 0:
+        line = f"sudo {_station_command()} setup" + (" --remove" if remove else "")
+        raise click.ClickException(f"setup changes the system (udev rules, the '{GROUP}' group, the menu "
+                                   f"entry) and needs root; run:\n  {line}")
+    try:
+        said = uninstall(root) if remove else install(root, user or os.environ.get("SUDO_USER"), _station_command())
+    except SetupError as exc:
+        raise click.ClickException(str(exc))
+    for line in said:
+        click.echo(line)
+
+
+@main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def gui(ctx):
+    """The station's window over the real USB hub (options: station gui --help)."""
+    from ui.app import main as window  # imported here so the engine never needs Qt
+
+    data = ["--data-dir", ctx.obj["data_dir"]] if ctx.obj["data_dir"] else []
+    sys.exit(window(data + ctx.args))
 
 
 def _echo_note(text: str, level: str) -> None:

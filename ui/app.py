@@ -227,7 +227,7 @@ def make_app() -> QApplication:
         app = QApplication(sys.argv[:1])
     app.setApplicationName("Provisioning station")
     app.setOrganizationName("provisioning-station")
-    app.setDesktopFileName("provisioning-station")  # packaging/provisioning-station.desktop
+    app.setDesktopFileName("provisioning-station")  # resources/desktop/provisioning-station.desktop
     app.setWindowIcon(QIcon(str(theme.RESOURCES / "icons" / "provisioning-station.svg")))
     app.setStyleSheet(theme.style_sheet())
     app.setQuitOnLastWindowClosed(False)  # the window's close ends the run, after the engine has stopped
