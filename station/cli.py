@@ -263,6 +263,21 @@ def setup(remove, user, root_dir):
         click.echo(line)
 
 
+@main.command()
+@click.pass_context
+def doctor(ctx):
+    """Check what a bench needs (port access, ModemManager, brltty, Mosquitto, display, token, libusb)."""
+    from station.doctor import diagnose, gather_facts
+
+    found = diagnose(gather_facts(data_dir(ctx.obj["data_dir"])))
+    for name, problems in found.items():
+        if not problems:
+            click.echo(f"ok       {name}")
+        for problem in problems:
+            click.echo(f"PROBLEM  {problem.what}\n         fix: {problem.fix}")
+    sys.exit(1 if any(found.values()) else 0)
+
+
 @main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def gui(ctx):

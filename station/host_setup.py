@@ -129,7 +129,8 @@ def install(root: Path, user: str | None, station_command: str, run: Runner = ru
         said.append(_add_to_group(root, user, record, run))
     finally:
         record.save(root)
-    said.append(f"recorded in {root / RECORD}; undo all of it with: sudo station setup --remove")
+    undo = "sudo station setup --remove" + ("" if root == Path("/") else f" --root {root}")
+    said.append(f"recorded in {root / RECORD}; undo all of it with: {undo}")
     return said
 
 
