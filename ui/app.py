@@ -285,7 +285,7 @@ def run(make_station: Callable[[], Station], after_start: Callable[[Station], Aw
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ui`: the station's window over the real USB hub (and emulated boards with --sim-registry)."""
-    parser = argparse.ArgumentParser(prog="python -m ui", description="Provisioning station window")
+    parser = argparse.ArgumentParser(prog="station gui", description="Provisioning station window")
     parser.add_argument("--data-dir", default=os.environ.get("STATION_DATA_DIR"),
                         help="Where the journal and the window's settings live (default: the user data dir)")
     parser.add_argument("--profile", help="Profile to start with (default: the last one used)")
