@@ -288,17 +288,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="station gui", description="Provisioning station window")
     parser.add_argument("--data-dir", default=os.environ.get("STATION_DATA_DIR"),
                         help="Where the journal and the window's settings live (default: the user data dir)")
-    parser.add_argument("--profile", help="Profile to start with (default: the last one used)")
+    parser.add_argument("--profile", help="Profile to start with, a name or a path (default: the last one used)")
     parser.add_argument("--sim-registry", default=os.environ.get("STATION_SIM_REGISTRY"),
                         help="Also find emulated boards served by `station sim esp|dfu --registry DIR`")
     parser.add_argument("--operator", help="Who runs the batches (default: $STATION_OPERATOR or login)")
     args = parser.parse_args(argv)
 
     from station.discovery import hub_sources
+    from station.profile_library import find_profile
+    from station.profiles import ProfileError
 
+    try:
+        profile = find_profile(args.profile) if args.profile else None
+    except ProfileError as exc:
+        parser.error(str(exc))
     data = default_data_dir(args.data_dir)
     sources = hub_sources(Path(args.sim_registry) if args.sim_registry else None)
-    return run(lambda: Station(data, sources, profile=args.profile, operator=args.operator))
+    return run(lambda: Station(data, sources, profile=profile, operator=args.operator))
 
 
 if __name__ == "__main__":
