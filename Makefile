@@ -3,11 +3,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup demo screenshots test bench clean
+.PHONY: setup demo screenshots test bench bundle clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml packaging/setup-debian.sh
+$(VENV)/.installed: pyproject.toml setup.py packaging/setup-debian.sh
 	bash packaging/setup-debian.sh
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
@@ -45,5 +45,11 @@ test: setup
 bench: setup
 	for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# The one-folder bundle (no Python needed on the target): dist/provisioning-station/station
+bundle: setup
+	$(VENV)/bin/pip install -q -e '.[bundle]'
+	$(VENV)/bin/pyinstaller --noconfirm --clean --distpath dist --workpath build/pyinstaller packaging/station.spec
+	@echo "bundle: dist/provisioning-station/ ($$(du -sh dist/provisioning-station | cut -f1)); run dist/provisioning-station/station"
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build dist

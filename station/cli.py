@@ -20,14 +20,16 @@ from station.identity.ca import StationCA
 from station.identity.cli import ca
 from station.journal import Journal
 from station.manifest_sign import verify_command
+from station.profile_library import available_profiles, find_profile, shipped_profiles_dir, user_profiles_dir
 from station.profiles import Profile, ProfileError, load_profile, resolve_psk
 from station.secrets import SecretError
 from station.settings import data_dir, operator, station_id
 from station.sim.cli import sim
 from station.store import StoreError
 from station.terminal import TerminalReport
+from station.udev import GROUP
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+DEMO_PROFILE = "demo-mixed"  # shipped (station_profiles)
 
 
 class StationGroup(click.Group):
@@ -72,9 +74,9 @@ def _open_journal(ctx: click.Context, sub: str = "") -> tuple[Journal, Path]:
     return journal, base
 
 
-def _load(path: str) -> tuple[Profile, str | None]:
+def _load(name_or_path: str) -> tuple[Profile, str | None]:
     try:
-        profile = load_profile(path)
+        profile = load_profile(find_profile(name_or_path))
         psk = resolve_psk(profile.wifi) if profile.wifi else None
     except ProfileError as exc:
         raise click.ClickException(str(exc))
@@ -135,8 +137,8 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
 
 
 @main.command()
-@click.option("--profile", "profile_path", required=True, type=click.Path(dir_okay=False),
-              help="Product profile (TOML); examples in profiles/.")
+@click.option("--profile", "profile_path", required=True, metavar="NAME|PATH",
+              help="Product profile: a TOML file, or the name of one `station profiles` lists.")
 @click.option("--port", "ports", multiple=True, metavar="URL",
               help="Only these ports (tty path, socket://host:port, usb://BUS-PORT.PORT); repeatable. Default: "
                    "every known board on USB.")
@@ -176,8 +178,8 @@ def provision(ctx, profile_path, ports, one_touch, allowed, sim_registry, operat
 @click.option("--faults/--no-faults", default=False, help="Make one board vanish mid-flash, to see a failure.")
 @click.option("--throttle/--no-throttle", default=True, show_default=True,
               help="Pace the emulated boards to their real line rate.")
-@click.option("--profile", "profile_path", default=str(PROFILES_DIR / "demo-mixed.toml"), show_default=True,
-              type=click.Path(dir_okay=False))
+@click.option("--profile", "profile_path", default=DEMO_PROFILE, show_default=True, metavar="NAME|PATH",
+              help="A TOML file, or the name of one `station profiles` lists.")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verbose):
@@ -200,7 +202,7 @@ def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verb
         # the window always shows one board that fails and one that needs a hand, unless --no-faults is given
         with_faults = faults or ctx.get_parameter_source("faults") is click.core.ParameterSource.DEFAULT
         sys.exit(run_demo(data=base / "demo", station_id=station_id(base), boards=boards, dfu_boards=dfu_boards,
-                          faults=with_faults, throttle=throttle, profile=profile_path,
+                          faults=with_faults, throttle=throttle, profile=profile.path,
                           listeners=[TerminalReport(verbose=verbose)]))
     try:
         ca_ = services.demo_ca(base)
@@ -213,6 +215,77 @@ def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verb
     out = services.write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
     click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)
+
+
+@main.command()
+def profiles():
+    """List the profiles: yours (the user config folder) and the shipped ones; `--profile NAME` takes either."""
+    entries = available_profiles()
+    for origin, title, folder in (("user", "your profiles", user_profiles_dir()),
+                                  ("shipped", "shipped profiles", shipped_profiles_dir())):
+        these = [e for e in entries if e.origin == origin]
+        click.echo(f"{title}: {folder}" + ("" if these else "  (none yet: copy a shipped one there to change it)"))
+        for entry in these:
+            try:
+                what = load_profile(entry.path).summary()
+            except ProfileError as exc:
+                what = f"can't be used: {exc}"
+            click.echo(f"  {entry.name:<22} {what}" + ("  (yours of the same name is used)" if entry.shadowed else ""))
+
+
+def _station_command() -> str:
+    """How the desktop entry starts this very installation: the bundle's executable or the `station` script."""
+    if getattr(sys, "frozen", False):  # PyInstaller sets it
+        return sys.executable
+    script = Path(sys.argv[0]).absolute()
+    return str(script) if script.name == "station" else f"{sys.executable} -m station.cli"
+
+
+@main.command()
+@click.option("--remove", is_flag=True, help="Undo what setup changed (it keeps a record).")
+@click.option("--user", help="Who gets access to the boards (default: the user who ran sudo).")
+@click.option("--root", "root_dir", default="/", show_default=True, type=click.Path(file_okay=False),
+              envvar="STATION_SETUP_ROOT", help="Install under this folder instead (an image being built).")
+def setup(remove, user, root_dir):
+    """Once per computer, as root: udev rules for the boards, the user in their group, the menu entry."""
+    from station.host_setup import SetupError, install, uninstall
+
+    root = Path(root_dir).absolute()
+    if root == Path("/") and os.geteuid() != 0:
+        line = f"sudo {_station_command()} setup" + (" --remove" if remove else "")
+        raise click.ClickException(f"setup changes the system (udev rules, the '{GROUP}' group, the menu "
+                                   f"entry) and needs root; run:\n  {line}")
+    try:
+        said = uninstall(root) if remove else install(root, user or os.environ.get("SUDO_USER"), _station_command())
+    except SetupError as exc:
+        raise click.ClickException(str(exc))
+    for line in said:
+        click.echo(line)
+
+
+@main.command()
+@click.pass_context
+def doctor(ctx):
+    """Check what a bench needs (port access, ModemManager, brltty, Mosquitto, display, token, libusb)."""
+    from station.doctor import diagnose, gather_facts
+
+    found = diagnose(gather_facts(data_dir(ctx.obj["data_dir"])))
+    for name, problems in found.items():
+        if not problems:
+            click.echo(f"ok       {name}")
+        for problem in problems:
+            click.echo(f"PROBLEM  {problem.what}\n         fix: {problem.fix}")
+    sys.exit(1 if any(found.values()) else 0)
+
+
+@main.command(add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def gui(ctx):
+    """The station's window over the real USB hub (options: station gui --help)."""
+    from ui.app import main as window  # imported here so the engine never needs Qt
+
+    data = ["--data-dir", ctx.obj["data_dir"]] if ctx.obj["data_dir"] else []
+    sys.exit(window(data + ctx.args))
 
 
 def _echo_note(text: str, level: str) -> None:

@@ -150,7 +150,8 @@ def load_profile(path: str | os.PathLike) -> Profile:
     try:
         text = file.read_bytes()
     except FileNotFoundError:
-        raise ProfileError(f"{file}: profile file not found. Check the path; shipped profiles are in profiles/.")
+        raise ProfileError(f"{file}: profile file not found. Check the path; `station profiles` lists the shipped "
+                           f"ones and yours.")
     try:
         raw = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -97,3 +97,9 @@ def stations(tmp_path, arun, qtbot):
         station.window.close()
         station.window.deleteLater()
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_user_profiles(tmp_path_factory, monkeypatch):
+    """The developer's own profiles (~/.config/provisioning-station/profiles) never reach a test."""
+    monkeypatch.setenv("STATION_PROFILES_DIR", str(tmp_path_factory.mktemp("user-profiles")))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from station.profile_library import shipped_profiles_dir
 from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine
@@ -19,7 +20,7 @@ from station.identity.ca import StationCA
 from station.journal import Journal
 from station.profiles import ProfileError, load_profile
 
-PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES = shipped_profiles_dir()
 PSK = "correct horse battery"
 CA = StationCA.ephemeral()
 

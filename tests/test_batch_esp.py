@@ -6,6 +6,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from station.profile_library import shipped_profiles_dir
 from station import events as ev
 from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
@@ -21,7 +22,7 @@ from station.families.esp.sim.board import EspFaults
 from station.families.esp.sim.server import EspSimServer
 from station.families.esp.sim.fleet import demo_fleet
 
-PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES = shipped_profiles_dir()
 PSK = "correct horse battery"
 
 

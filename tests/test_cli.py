@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from station.profile_library import shipped_profiles_dir
 from station.journal import Journal
 from station.families.esp.sim.server import EspSimServer
 from station.families.esp.sim.fleet import demo_fleet
 
-PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
+PROFILE = shipped_profiles_dir() / "demo-mixed.toml"
 PSK = "bench-passphrase-42"
 
 

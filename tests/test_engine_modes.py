@@ -3,6 +3,7 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+from station.profile_library import shipped_profiles_dir
 from station import events as ev
 from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
@@ -15,7 +16,7 @@ from station.families.esp.sim.board import EspFaults
 from station.families.esp.sim.server import EspSimServer
 from station.families.esp.sim.fleet import demo_fleet
 
-PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
+PROFILE = shipped_profiles_dir() / "demo-mixed.toml"
 
 
 def make_engine(tmp_path: Path) -> Engine:

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from station.profile_library import shipped_profiles_dir
 from station.families.esp.profile import ESP_CHIPS
 from station.profiles import ProfileError, load_profile, resolve_psk
 from station.families.esp.sim.firmware import make_app_image
 
-PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES = shipped_profiles_dir()
 
 
 @pytest.fixture

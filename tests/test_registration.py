@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from station.profile_library import shipped_profiles_dir
 from station import events as ev
 from station.cloud.broker import BrokerPorts, LocalBroker
 from station.cloud.broker import issuing_ca_from
@@ -29,7 +30,7 @@ from station.families.esp.sim.fleet import demo_fleet
 from station.voiding import void_device
 from tests.test_cloud_pki import DeviceFiles, MqttDevice, free_port, reachable_tempdir, tls_refusal
 
-PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-mixed.toml"
+PROFILE = shipped_profiles_dir() / "demo-mixed.toml"
 ACCEPTED = (0, 16)
 NOT_AUTHORIZED = 135
 

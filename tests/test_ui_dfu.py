@@ -7,9 +7,9 @@ from station.families.dfu.sim.device import make_device
 from station.families.dfu.sim.server import DfuSimServer
 from station.families.esp.sim.fleet import demo_fleet
 from station.identity.ca import StationCA
-from ui.app import PROFILES_DIR
+from station.profile_library import shipped_profiles_dir
 
-PROFILE = PROFILES_DIR / "demo-mixed.toml"
+PROFILE = shipped_profiles_dir() / "demo-mixed.toml"
 KINDS = ["stm32", "core"] * 4
 CHIPS = {"stm32": "STM32", "core": "Spark Core"}
 

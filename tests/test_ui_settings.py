@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QLabel, QLineEdit
 
 from station.families.esp.sim.board import EspFaults
 from station.families.esp.sim.fleet import demo_fleet
-from ui.app import PROFILES_DIR
+from station.profile_library import shipped_profiles_dir
 from ui.state import Phase
 
 SECRET = "keyring-only-passphrase-9"
@@ -44,8 +44,9 @@ def memory_keyring():
 
 def keyring_profile(tmp_path: Path) -> Path:
     """demo-mixed, but its Wi-Fi passphrase lives in the keyring only (firmware paths made absolute)."""
-    text = (PROFILES_DIR / "demo-mixed.toml").read_text()
-    text = re.sub(r'file = "([^"]+)"', lambda m: f'file = "{(PROFILES_DIR / m.group(1)).resolve()}"', text)
+    shipped = shipped_profiles_dir()
+    text = (shipped / "demo-mixed.toml").read_text()
+    text = re.sub(r'file = "([^"]+)"', lambda m: f'file = "{(shipped / m.group(1)).resolve()}"', text)
     text = re.sub(r'psk_env = "[^"]+"[^\n]*', 'psk_keyring = "station-ui-test/demo"', text)
     path = tmp_path / "keyring-demo.toml"
     path.write_text(text)
@@ -99,7 +100,7 @@ def test_wifi_passphrase_goes_to_the_keyring_and_is_never_shown(station_on, memo
 def test_station_ca_is_set_up_from_the_window_and_signs_the_batch(station_on, arun, qtbot, monkeypatch):
     monkeypatch.setenv("STATION_DEMO_WIFI_PSK", "ui-test-passphrase-7")
     monkeypatch.delenv("STATION_CA_PASSPHRASE", raising=False)
-    station, server = station_on(demo_fleet(1), PROFILES_DIR / "demo-mixed.toml")
+    station, server = station_on(demo_fleet(1), shipped_profiles_dir() / "demo-mixed.toml")
     w, page = station.window, station.window.settings_page
     w.tabs.setCurrentWidget(page)
     qtbot.waitUntil(lambda: "NOT SET UP" in page.ca_label.text())
@@ -136,7 +137,7 @@ def test_the_demo_operator_gets_a_board_with_wrong_boot_straps_through(station_o
     monkeypatch.setenv("STATION_DEMO_WIFI_PSK", "ui-test-passphrase-7")
     boards = demo_fleet(2)
     boards[1].faults = EspFaults(wrong_boot_mode=True)
-    station, server = station_on(boards, PROFILES_DIR / "demo-mixed.toml")
+    station, server = station_on(boards, shipped_profiles_dir() / "demo-mixed.toml")
     configure_demo(station)
     harness = DemoHarness(station, server, 1)
     qtbot.waitUntil(lambda: sum(t.present for t in station.bridge.tiles.values()) == 2)
@@ -158,7 +159,7 @@ def test_the_demo_operator_answers_a_prompt_by_replugging_the_board(station_on, 
     monkeypatch.setenv("STATION_DEMO_WIFI_PSK", "ui-test-passphrase-7")
     boards = demo_fleet(1)
     boards[0].faults = EspFaults(wrong_boot_mode=True)
-    station, server = station_on(boards, PROFILES_DIR / "demo-mixed.toml")
+    station, server = station_on(boards, shipped_profiles_dir() / "demo-mixed.toml")
     harness = DemoHarness(station, server, 0)
     harness.delay = 0.1
     key = server.locations[0]

@@ -11,11 +11,11 @@ from PySide6.QtCore import Qt
 
 from station.families.esp.sim.board import EspFaults
 from station.families.esp.sim.fleet import demo_fleet
-from ui.app import PROFILES_DIR
+from station.profile_library import shipped_profiles_dir
 from ui.controller import IDLE, ONE_TOUCH
 from ui.state import Phase
 
-PROFILE = PROFILES_DIR / "demo-mixed.toml"
+PROFILE = shipped_profiles_dir() / "demo-mixed.toml"
 PSK = "ui-test-passphrase-7"
 
 
@@ -155,7 +155,7 @@ def test_the_lock_blocks_profile_edits_until_a_supervisor_unlocks(bench, qtbot, 
     page.lock_station()
 
     assert lock.locked and not w.profile_box.isEnabled()
-    other = PROFILES_DIR / "esp32-mqtt-sensor.toml"
+    other = shipped_profiles_dir() / "esp32-mqtt-sensor.toml"
     assert arun(w.select_profile(other)) is False
     assert station.controller.profile_path == str(PROFILE)
     assert not w.rename_port(key, "Z9") and station.settings.name(key) == key

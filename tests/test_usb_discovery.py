@@ -112,7 +112,7 @@ def test_unknown_scheme_is_named():
 
 
 @pytest.mark.parametrize("code, words", [
-    (errno.EACCES, "no permission .* install the udev rule packaging/60-provisioning-station.rules .*udevadm"),
+    (errno.EACCES, "no permission .* install the udev rules with `sudo station setup`.* replug the board"),
     (errno.ENODEV, "the board vanished during writing"),
     (errno.EPIPE, "the board refused writing \\(USB stall\\)"),
     (errno.EBUSY, "another program holds the board"),

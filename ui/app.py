@@ -15,7 +15,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, Sequence
 
 T0 = time.monotonic()
 
@@ -27,6 +27,7 @@ from station import services  # noqa: E402
 from station.cloud.broker import station_broker  # noqa: E402
 from station.discovery import PortSource  # noqa: E402
 from station.journal import Journal  # noqa: E402
+from station.profile_library import profile_dirs as default_profile_dirs  # noqa: E402
 from station.profiles import WifiSpec, resolve_psk  # noqa: E402
 from station.store import StoreError  # noqa: E402
 from station.settings import data_dir as default_data_dir  # noqa: E402
@@ -39,7 +40,6 @@ from ui.lock import SupervisorLock  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
 from ui.store import UiSettings  # noqa: E402
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 UI_THREADS = 16  # journal reads, profile loads, keyring, exports: never more than a few at once
 # With 16+ port threads running Python (esptool, payload builders, the journal), the GUI thread waits for the
 # GIL behind them; a 2 ms switch interval (default 5 ms) halves its longest waits (tests/bench/bench_ui.py:
@@ -50,13 +50,13 @@ GIL_SWITCH_INTERVAL_S = 0.002
 class Station:
     """Everything behind one window: journal, settings, lock, the bridge, the controller and the window."""
 
-    def __init__(self, data: Path, sources: list[PortSource], *, profiles_dir: Path = PROFILES_DIR,
+    def __init__(self, data: Path, sources: list[PortSource], *, profile_dirs: Sequence[Path] | None = None,
                  profile: str | Path | None = None, operator: str | None = None, station_id: str | None = None,
                  listeners: Iterable[Callable] = (), poll_interval: float = 0.25, idle_scan_ms: int = 1000,
                  title_suffix: str = "", psk_resolver: Callable[[WifiSpec], str] = resolve_psk):
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
-        self.profiles_dir = Path(profiles_dir)
+        self.profile_dirs = default_profile_dirs() if profile_dirs is None else list(profile_dirs)
         self.initial_profile = str(profile) if profile else None
         self.journal = Journal(self.data / services.JOURNAL_FILE)  # StoreError: run() says it in one line
         self.settings = UiSettings(self.data)
@@ -67,7 +67,7 @@ class Station:
             station_id=station_id or make_station_id(self.data), poll_interval=poll_interval,
             idle_scan_ms=idle_scan_ms, listeners=listeners, psk_resolver=psk_resolver)
         self.window = MainWindow(self.controller, self.bridge, self.journal, self.settings, self.lock,
-                                 self.profiles_dir, title_suffix=title_suffix)
+                                 self.profile_dirs, title_suffix=title_suffix)
         self.exit_code = 0
         self._closed = False
         self.controller.ca_provider = self.open_station_ca
@@ -202,8 +202,8 @@ class Station:
                              "warning", None)
         path = self.initial_profile or self.settings.profile
         if not path or not Path(path).exists():
-            shipped = sorted(self.profiles_dir.glob("*.toml"))
-            path = str(shipped[0]) if shipped else None
+            known = self.window.profile_paths()
+            path = str(known[0]) if known else None
         if path:
             if await self.controller.load_profile(path):
                 self.settings.profile = path
@@ -227,7 +227,7 @@ def make_app() -> QApplication:
         app = QApplication(sys.argv[:1])
     app.setApplicationName("Provisioning station")
     app.setOrganizationName("provisioning-station")
-    app.setDesktopFileName("provisioning-station")  # packaging/provisioning-station.desktop
+    app.setDesktopFileName("provisioning-station")  # resources/desktop/provisioning-station.desktop
     app.setWindowIcon(QIcon(str(theme.RESOURCES / "icons" / "provisioning-station.svg")))
     app.setStyleSheet(theme.style_sheet())
     app.setQuitOnLastWindowClosed(False)  # the window's close ends the run, after the engine has stopped
@@ -285,20 +285,26 @@ def run(make_station: Callable[[], Station], after_start: Callable[[Station], Aw
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m ui`: the station's window over the real USB hub (and emulated boards with --sim-registry)."""
-    parser = argparse.ArgumentParser(prog="python -m ui", description="Provisioning station window")
+    parser = argparse.ArgumentParser(prog="station gui", description="Provisioning station window")
     parser.add_argument("--data-dir", default=os.environ.get("STATION_DATA_DIR"),
                         help="Where the journal and the window's settings live (default: the user data dir)")
-    parser.add_argument("--profile", help="Profile to start with (default: the last one used)")
+    parser.add_argument("--profile", help="Profile to start with, a name or a path (default: the last one used)")
     parser.add_argument("--sim-registry", default=os.environ.get("STATION_SIM_REGISTRY"),
                         help="Also find emulated boards served by `station sim esp|dfu --registry DIR`")
     parser.add_argument("--operator", help="Who runs the batches (default: $STATION_OPERATOR or login)")
     args = parser.parse_args(argv)
 
     from station.discovery import hub_sources
+    from station.profile_library import find_profile
+    from station.profiles import ProfileError
 
+    try:
+        profile = find_profile(args.profile) if args.profile else None
+    except ProfileError as exc:
+        parser.error(str(exc))
     data = default_data_dir(args.data_dir)
     sources = hub_sources(Path(args.sim_registry) if args.sim_registry else None)
-    return run(lambda: Station(data, sources, profile=args.profile, operator=args.operator))
+    return run(lambda: Station(data, sources, profile=profile, operator=args.operator))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
 )
 
 from station.journal import Journal
+from station.profile_library import available_profiles
 from ui.bridge import EngineBridge
 from ui.controller import BATCH, IDLE, ONE_TOUCH, STARTING, StationController
 from ui.history import HistoryPage
@@ -32,10 +33,10 @@ class MainWindow(QMainWindow):
     closed = Signal()
 
     def __init__(self, controller: StationController, bridge: EngineBridge, journal: Journal, settings: UiSettings,
-                 lock: SupervisorLock, profiles_dir: Path, *, title_suffix: str = ""):
+                 lock: SupervisorLock, profile_dirs: list[Path], *, title_suffix: str = ""):
         super().__init__()
         self.controller, self.bridge, self.journal = controller, bridge, journal
-        self.settings, self.lock, self.profiles_dir = settings, lock, Path(profiles_dir)
+        self.settings, self.lock, self.profile_dirs = settings, lock, profile_dirs
         self.ask = True  # confirmation dialogs (off in tests and unattended demos)
         self.tile_actions: list[Callable[[str, QMenu], None]] = []  # hooks that add to a tile's menu (the demo's)
         self.sounds = Sounds(self)
@@ -210,7 +211,8 @@ class MainWindow(QMainWindow):
     # --- profiles -----------------------------------------------------------------------------------------------
 
     def profile_paths(self) -> list[Path]:
-        return sorted(self.profiles_dir.glob("*.toml"))
+        """The user's profiles, then the shipped ones not shadowed by a user profile of the same name."""
+        return [e.path for e in available_profiles(self.profile_dirs) if not e.shadowed]
 
     def _refresh_profiles(self) -> None:
         box = self.profile_box
@@ -233,8 +235,8 @@ class MainWindow(QMainWindow):
         if data == OPEN_OTHER:
             path = None
             if not self.lock.locked:
-                path, _ = QFileDialog.getOpenFileName(self, "Open a profile", str(self.profiles_dir),
-                                                      "Profiles (*.toml)")
+                start = next(d for d in self.profile_dirs if d.is_dir())  # the shipped folder always is
+                path, _ = QFileDialog.getOpenFileName(self, "Open a profile", str(start), "Profiles (*.toml)")
             if not path:
                 self._refresh_profiles()
                 return

@@ -13,9 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from station.profile_library import shipped_profiles_dir
 from station.families.esp.sim.board import EspFaults
 from station.sim.demo_hub import DemoHub
-from ui.app import PROFILES_DIR, Station, run
+from ui.app import Station, run
 from ui.demo import DemoHarness, configure_demo, prepare_layout, start_demo_cloud, wait_for_ports
 from ui.state import Phase
 
@@ -47,7 +48,8 @@ def main(argv: list[str]) -> int:
         import os
         os.environ.setdefault("STATION_DEMO_WIFI_PSK", "screenshot-passphrase")
         station = Station(Path(work.name) / "data", hub.sources(),
-                          profile=PROFILES_DIR / "demo-mixed.toml", operator="alice", station_id="bench-1-demo",
+                          profile=shipped_profiles_dir() / "demo-mixed.toml", operator="alice",
+                          station_id="bench-1-demo",
                           title_suffix=" — demo (emulated boards)")
         station.harness = DemoHarness(station, server, PROMPT_BOARD, hub)  # the scripted operator
         configure_demo(station)

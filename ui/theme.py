@@ -7,13 +7,16 @@ on the tile (PASS, FAIL, NEEDS YOU) always repeats what the colour says, for col
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from PySide6.QtGui import QColor
 
 from ui.state import Phase
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+# the installed package station_resources (the repository's resources/ folder); a folder on disk once installed,
+# and Qt loads icons and sounds from file paths
+RESOURCES = Path(str(resources.files("station_resources")))
 
 
 @dataclass(frozen=True)

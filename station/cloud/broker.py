@@ -123,6 +123,13 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
+SBIN = "/usr/local/sbin:/usr/sbin"  # where Debian puts mosquitto; not on an ordinary user's PATH
+
+
+def find_mosquitto(name: str = "mosquitto") -> str | None:
+    return shutil.which(name) or shutil.which(name, path=SBIN)
+
+
 class LocalBroker:
     """Set up, start, stop and query one Mosquitto broker whose files live in `state_dir`."""
 
@@ -291,7 +298,7 @@ class LocalBroker:
     # --- setup --------------------------------------------------------------------------------------------
 
     def _find_binary(self) -> str:
-        found = shutil.which(self.mosquitto)
+        found = find_mosquitto(self.mosquitto)
         if found is None:
             raise BrokerError(f"mosquitto is not installed: apt-get install mosquitto "
                               f"(looked for '{self.mosquitto}')")

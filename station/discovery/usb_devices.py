@@ -20,9 +20,8 @@ from station.model import PortInfo
 
 log = logging.getLogger(__name__)
 
-UDEV_RULE = "packaging/60-provisioning-station.rules"
-UDEV_FIX = (f"install the udev rule {UDEV_RULE} (sudo cp {UDEV_RULE} /etc/udev/rules.d/ && sudo udevadm control "
-            "--reload-rules && sudo udevadm trigger), then unplug and replug the board")
+UDEV_FIX = ("install the udev rules with `sudo station setup` (it says what it changed), then unplug and replug "
+            "the board")
 NO_LIBUSB = ("USB boards cannot be listed: pyusb found no libusb on this computer; install it (Debian/Ubuntu: "
              "sudo apt install libusb-1.0-0) and restart the station")
 

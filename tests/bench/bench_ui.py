@@ -139,7 +139,8 @@ def main() -> int:
 
     from station.families.esp.sim.fleet import demo_fleet
     from station.discovery.sim_ports import SimPortSource
-    from ui.app import PROFILES_DIR, Station, run
+    from station.profile_library import shipped_profiles_dir
+    from ui.app import Station, run
     from ui.demo import configure_demo, prepare_layout
     from ui.state import Phase
 
@@ -168,7 +169,7 @@ def main() -> int:
 
     def make() -> Station:
         station = Station(Path(work.name) / "data", [SimPortSource(registry)],
-                          profile=PROFILES_DIR / "demo-mixed.toml", operator="bench", station_id="bench")
+                          profile=shipped_profiles_dir() / "demo-mixed.toml", operator="bench", station_id="bench")
         configure_demo(station)
         station.window.resize(1600, 1000)
         return station
