@@ -136,7 +136,7 @@ def test_wrong_pin_is_named_with_its_source(tmp_path, token_label):
     with pytest.raises(SecretError) as err:
         StationCA.load(tmp_path / "data", pin_source=pkcs11_pin_source(environ={"STATION_PKCS11_PIN": "0000"}))
     assert str(err.value).startswith(f"The PKCS#11 PIN for token '{token_label}' is wrong (from STATION_PKCS11_PIN)")
-    assert "0000" not in str(err.value)
+    assert "0000" not in str(err.value).replace(token_label, "")  # the random label may hold those digits
 
     refused = init_on_token(tmp_path / "other", token_label, pin="1111")
     assert refused.exit_code != 0 and "PIN for token" in refused.output and "is wrong" in refused.output
