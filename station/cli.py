@@ -210,8 +210,9 @@ def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verb
         raise click.ClickException(str(exc))
     with DemoHub.mixed(boards, dfu_boards, faults=faults, throttle=throttle) as hub, \
             services.demo_broker(ca_, _echo_note) as broker:
+        # the same emulated boards come back every run: each run re-provisions them, as the window's demo does
         summary = _provision(ctx, profile, psk, ca_, hub.sources(), False, None, None, "demo", verbose,
-                             journal_sub="demo", broker=broker)
+                             reprovision=True, journal_sub="demo", broker=broker)
     out = services.write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
     click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)
