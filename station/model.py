@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Callable
 
 PortKey = str  # physical USB location, e.g. "1-2.3" (real hub) or "sim-1.3" (emulated hub)
 
@@ -57,12 +58,19 @@ class Result(enum.Enum):
 class StepFailed(Exception):
     """A step failed for a reason an operator can act on. The message is shown as-is.
 
-    `operator_prompt` says what a person must do with the board (press a button, change a mode); the engine
-    shows it and runs the step again once the board re-enumerates at the same USB location.
+    `operator_prompt` says what a person must do with the board (press a button, change a mode). A prompt comes
+    with `probe`: a blocking check, run in the port's worker about every second while the prompt shows, that
+    asks the board (without disturbing what the person is doing) whether it is now as the prompt asks. The
+    engine runs the step again once the probe says yes, or once the board re-enumerates at the same USB location;
+    many boards (a CP2102 or CH340 bridge) never re-enumerate when their buttons are pressed.
     """
 
-    def __init__(self, reason: str, retryable: bool = False, operator_prompt: str | None = None):
+    def __init__(self, reason: str, retryable: bool = False, operator_prompt: str | None = None,
+                 probe: Callable[[], bool] | None = None):
+        if operator_prompt and probe is None:
+            raise ValueError("an operator prompt needs a probe: the station must see when the board is ready")
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.operator_prompt = operator_prompt
+        self.probe = probe

@@ -194,6 +194,31 @@ def test_board_in_the_wrong_boot_mode_prompts_and_continues_after_replug(profile
     assert boards[0].flash.read(app.offset, len(app.data)) == app.data
 
 
+def test_wrong_boot_mode_prompt_is_satisfied_by_the_buttons_without_re_enumeration(profile, bench, tmp_path):
+    """A CP2102/CH340 board does not leave the bus when its buttons are pressed: the station sees the board
+    answer in download mode and carries on."""
+    boards = demo_fleet(2)
+    boards[0].faults = EspFaults(wrong_boot_mode=True)  # stays broken: only the BOOT button pulls IO0 low
+    server = bench(boards)
+    prompts, gone = [], []
+
+    def operator(e):  # a technician who does what the tile says, and nothing else
+        if isinstance(e, ev.OperatorPrompt):
+            prompts.append(e)
+            boards[0].hold_boot(True)
+            boards[0].press_reset()
+            boards[0].hold_boot(False)
+        elif isinstance(e, ev.PortGone):
+            gone.append(e.key)
+
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"), operator)
+    assert [p.key for p in prompts] == [server.locations[0]]
+    assert gone == []
+    assert summary.failed == {} and sorted(summary.passed) == sorted(server.locations)
+    app = profile.firmware["ESP32"].images[-1]
+    assert boards[0].flash.read(app.offset, len(app.data)) == app.data
+
+
 def test_prompt_nobody_acts_on_fails_the_board(profile, bench, tmp_path):
     boards = demo_fleet(1)
     boards[0].faults = EspFaults(wrong_boot_mode=True)
