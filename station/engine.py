@@ -26,6 +26,7 @@ from station.journal import Journal
 from station.model import Mode, PortInfo, PortKey, Result, StepFailed
 from station.steps import DeviceContext, Session, Step
 from station.profiles import Profile
+from station.text import one_line
 
 Listener = Callable[[ev.Event], None]
 
@@ -266,7 +267,8 @@ class Engine:
         self._device_keys[device_id] = key
         self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps), tuple(s.label for s in steps),
                                        tuple(s.name for s in steps if s.verifies), any(s.leaves_bus for s in steps)))
-        session = family.open_session(port, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
+        session = family.open_session(port, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level,
+                                                                                                 one_line(msg))),
                                       progress=self._progress_reporter(key))
         self._sessions[key] = session
         ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, device_id=device_id,
@@ -283,7 +285,7 @@ class Engine:
         except asyncio.CancelledError:
             result, reason = Result.INTERRUPTED, "Stopped by the operator"
         except Exception as exc:  # noqa: BLE001 - a bug in one port's pipeline must not take the others down
-            result, reason = Result.FAIL, f"Internal error: {type(exc).__name__}: {exc}"
+            result, reason = Result.FAIL, one_line(f"Internal error: {type(exc).__name__}: {exc}")
             self._publish(ev.Log(key, "error", reason))
         finally:
             session.close()
@@ -416,6 +418,7 @@ class Engine:
             except Exception as exc:
                 self.journal.end_step(step_id, False, f"{type(exc).__name__}: {exc}")
                 raise
+            detail = one_line(detail)  # a board's own words (its description, an agent's serial) are in it
             self.journal.end_step(step_id, True, detail)
             return detail
 

@@ -143,7 +143,11 @@ class EspSession:
     def read(self, offset: int, size: int) -> bytes:
         esp = self._require()
         with esptool_glue.routed_to(self):
-            return esptool.cmds.read_flash(esp, offset, size, None, no_progress=True)
+            try:
+                return esptool.cmds.read_flash(esp, offset, size, None, no_progress=True)
+            except (FatalError, SerialException, OSError) as exc:
+                self.close()
+                raise StepFailed(explain(exc, "read-back")) from exc
 
     def reset(self) -> None:
         """Reset into the app. Over TCP there is no RTS line; that is the transport's limit, not an error."""
@@ -205,6 +209,9 @@ def explain(exc: Exception, doing: str) -> str:
     """esptool's and pyserial's errors in words a technician can act on."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     lower = str(exc).lower()
+    if "digest mismatch" in lower:
+        return f"Read-back failed: the data the board sent does not match its own digest; the serial line " \
+               f"corrupts data (cable, noise or baud rate?) ({text})"
     if "md5 of file does not match" in lower:
         return "Verify failed: the board's flash does not hold what was written (MD5 mismatch)"
     if "wrong boot mode" in lower:
