@@ -205,9 +205,7 @@ def test_wrong_boot_mode_prompt_is_satisfied_by_the_buttons_without_re_enumerati
     def operator(e):  # a technician who does what the tile says, and nothing else
         if isinstance(e, ev.OperatorPrompt):
             prompts.append(e)
-            boards[0].hold_boot(True)
-            boards[0].press_reset()
-            boards[0].hold_boot(False)
+            boards[0].hold_boot_and_press_reset()
         elif isinstance(e, ev.PortGone):
             gone.append(e.key)
 

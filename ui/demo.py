@@ -74,10 +74,7 @@ class DemoHarness(QObject):
         return self.station.settings.name(self.prompt_key) if self.prompt_key else ""
 
     def _press_boot_and_reset(self) -> None:
-        board = self.server.boards[self.prompt_index]
-        board.hold_boot(True)
-        board.press_reset()
-        board.hold_boot(False)
+        self.server.boards[self.prompt_index].hold_boot_and_press_reset()
         self.pressed += 1
         self.station.bridge.note(f"demo: the operator held BOOT and pressed RESET on {self._name()}",
                                  key=self.prompt_key)
@@ -90,6 +87,9 @@ class DemoHarness(QObject):
         action = menu.addAction("Unplug (emulated board)" if plugged else "Plug back in (emulated board)")
         action.triggered.connect(lambda: asyncio.ensure_future(
             asyncio.get_running_loop().run_in_executor(None, self.hub.unplug if plugged else self.hub.plug, key)))
+        if plugged and self.hub.has_buttons(key):
+            buttons = menu.addAction("Hold BOOT, press RESET (emulated board)")
+            buttons.triggered.connect(lambda: self.hub.boot_into_download_mode(key))
 
 
 _DEMO_CA = None

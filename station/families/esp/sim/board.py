@@ -889,6 +889,12 @@ class EspBoard:
         self._released_at = None
         self.boot(download=self._io0_low())
 
+    def hold_boot_and_press_reset(self) -> None:
+        """Hold BOOT, press and release RESET, release BOOT: a person putting the board in download mode by hand."""
+        self.hold_boot(True)
+        self.press_reset()
+        self.hold_boot(False)
+
     @property
     def strap_sample_due(self) -> float | None:
         """Host time at which a released EN will have risen (the chip starts then), or None."""
