@@ -290,6 +290,7 @@ def _load_wifi(top: Table) -> WifiSpec | None:
     from station.families import FAMILIES
     from station.families.esp.payloads import PayloadError
     from station.families.esp.payloads.nvs import validate_wifi
+    from station.secrets import Place, SecretError
 
     if "wifi" not in top.raw:
         return None
@@ -303,6 +304,12 @@ def _load_wifi(top: Table) -> WifiSpec | None:
     psk_keyring = wifi.get("psk_keyring", str, None)
     if psk_keyring is not None and psk_keyring.count("/") != 1:
         wifi.fail("psk_keyring must be \"service/username\" as stored in the OS keyring.", "psk_keyring")
+    for key, place in (("psk_env", f"env:{psk_env}"), ("psk_keyring", f"keyring:{psk_keyring}")):
+        try:
+            if wifi.raw.get(key) is not None:
+                Place.parse(place, "Wi-Fi passphrase")  # the same rule resolve_psk applies, but now
+        except SecretError as exc:
+            wifi.fail(str(exc), key)
     try:
         validate_wifi(ssid, "")  # the passphrase is checked when it is read, before any board is touched
     except PayloadError as exc:

@@ -222,6 +222,8 @@ SPARK = {"registrar": "spark-server", "url": "http://127.0.0.1:8080", "client_se
     ("cloud", {**SPARK, "url": "spark"}, "cloud.url"),
     ("cloud", {"registrar": "mosquitto", "topic_prefix": "#"}, "cloud.topic_prefix"),
     ("cloud", {"registrar": "mosquitto", "topic_prefix": "devices/+/x"}, "cloud.topic_prefix"),
+    ("wifi", {"ssid": "lab", "psk_env": "A=B"}, "wifi.psk_env"),
+    ("wifi", {"ssid": "lab", "psk_env": ""}, "wifi.psk_env"),
     ("steps", {"flash": {"timeout": float("nan")}}, "steps.flash"),
     ("steps", {"flash": {"timeout": float("inf")}}, "steps.flash"),
     ("steps", {"flash": {"timeout": 1e308}}, "steps.flash"),
