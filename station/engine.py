@@ -377,7 +377,7 @@ class Engine:
                     ctx.session.url = ctx.port.url
                     return
             elif key in self.present and failure.probe is not None and loop.time() >= next_probe:
-                if await self._probe(ctx, failure.probe):
+                if await self._probe(ctx, failure.probe, max(deadline - loop.time(), self.probe_interval)):
                     return
                 next_probe = loop.time() + self.probe_interval
             left = deadline - loop.time()
@@ -386,10 +386,15 @@ class Engine:
                                  f"{self.prompt_timeout:g} s")
             await self._port_change(min(left, self.probe_interval))
 
-    async def _probe(self, ctx: DeviceContext, probe: Callable[[], bool]) -> bool:
+    async def _probe(self, ctx: DeviceContext, probe: Callable[[], bool], timeout: float) -> bool:
+        """One probe in the port's worker; a probe that hangs is stopped like a step that does."""
         future = asyncio.get_running_loop().run_in_executor(self.pool, probe)
         try:
-            return await asyncio.shield(future)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            ctx.session.abort()
+            await asyncio.gather(future, return_exceptions=True)
+            return False
         except asyncio.CancelledError:
             ctx.session.abort()
             await asyncio.gather(future, return_exceptions=True)

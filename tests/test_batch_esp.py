@@ -220,6 +220,14 @@ def test_wrong_boot_mode_prompt_is_satisfied_by_the_buttons_without_re_enumerati
     assert boards[0].flash.read(app.offset, len(app.data)) == app.data
 
 
+def test_a_prompt_the_station_could_not_check_cannot_be_written():
+    """Every prompt comes with a probe, so no prompt waits only for a re-enumeration some boards never do."""
+    from station.model import StepFailed
+
+    with pytest.raises(ValueError, match="needs a probe"):
+        StepFailed("Board is not in download mode", operator_prompt="Hold BOOT, press and release RESET")
+
+
 def test_prompt_nobody_acts_on_fails_the_board(profile, bench, tmp_path):
     boards = demo_fleet(1)
     boards[0].faults = EspFaults(wrong_boot_mode=True)
