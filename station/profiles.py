@@ -106,9 +106,10 @@ class Table:
         self.raw: dict = raw
 
     def fail(self, message: str, key: str | None = None) -> None:
-        place = f"{self.where}.{key}" if key else self.where
+        place = f"{self.where}.{key}" if key and self.where else key or self.where
+        at = f"[{place}] " if place else ""  # the file's top level has no table name to give
         # keys and values are the file's words: one line, whatever they hold
-        raise ProfileError(one_line(f"{self.file}: [{place}] {message}", limit=1000))
+        raise ProfileError(one_line(f"{self.file}: {at}{message}", limit=1000))
 
     def check_keys(self, allowed: tuple[str, ...]) -> None:
         for key in self.raw:

@@ -160,7 +160,7 @@ def assert_usable(profile: Profile, data: Path) -> None:
             registrar_for(profile.cloud, data)
 
 
-KEY_IN_MESSAGE = re.compile(r"\[[^\]]*\]")
+KEY_IN_MESSAGE = re.compile(r"\[[^\]]+\]|'[^']*'")  # [table.key], or a top-level key by name
 
 
 @pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.stem)
