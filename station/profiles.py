@@ -240,9 +240,8 @@ def read_pinned(img: Table, base: Path) -> PinnedFile:
                  f"{MAX_FIRMWARE_BYTES // (1024 * 1024)} MiB there or fix the path (relative to the profile).", "file")
     actual = hashlib.sha256(data).hexdigest()
     if actual != pinned:
-        img.fail(f"{rel} has SHA-256 {actual[:16]}…, but the profile pins {pinned[:16]}…; the file is not "
-                 f"the one the profile was written for. Restore the right file, or update sha256 after checking it.",
-                 "sha256")
+        img.fail(f"{rel} has SHA-256 {actual[:16]}…, but the profile pins {pinned[:16]}…; the file is not the one "
+                 f"the profile was written for. Restore the right file, or update sha256 after checking it.", "sha256")
     return PinnedFile(path=path, sha256=actual, data=data)
 
 
