@@ -144,7 +144,7 @@ def _secret_place(options: Mapping[str, str], key: str, what: str) -> SecretSpec
 
 
 def _base_url(url: str, *, pinned: bool) -> None:
-    try:
+    try:  # the same checks the registrar's HTTP client makes; a placeholder pin asks for its https rule
         _Http(url, timeout=1.0, pin="0" * 64 if pinned else None)
     except ValueError as exc:
         raise RegistrarOptionError("url", str(exc)) from None
@@ -515,8 +515,10 @@ class HttpsRegistrar:
         raise self._fail(resp, f"void device {device.device_id}")
 
 
-__all__ = ["DeviceRegistration", "RegistrationResult", "Registrar", "MosquittoRegistrar",
-           "SparkServerRegistrar", "HttpsRegistrar", "PinMismatch", "REGISTER", "VOID"]
-
-
+# a profile's [cloud] registrar = "…" -> the class that checks its options when the profile loads
 REGISTRARS = {"mosquitto": MosquittoRegistrar, "spark-server": SparkServerRegistrar, "https": HttpsRegistrar}
+
+__all__ = ["DeviceRegistration", "RegistrationResult", "Registrar", "MosquittoRegistrar",
+           "SparkServerRegistrar", "HttpsRegistrar", "PinMismatch", "REGISTER", "VOID", "REGISTRARS",
+           "RegistrarOptionError"]
+
