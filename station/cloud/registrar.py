@@ -8,6 +8,8 @@
 Registrars are called from worker threads (the outbox runs them in an executor) and block. They must be
 idempotent: the outbox may deliver a registration again after a crash between "sent" and "marked delivered".
 They raise `CloudUnavailable` for "try again later" and `CloudRefused` for "the cloud said no".
+Each class names the [cloud] keys a profile may give it (`OPTIONS`) and checks them when the profile loads
+(`check_options`, through `REGISTRARS`), so a profile that loads has options its registrar can use.
 A registrar may also offer `register_many(devices)`, which the outbox uses to deliver many in one round trip.
 
 Credentials (tokens, client secrets, passwords) come from the environment or the OS keyring, named by the
