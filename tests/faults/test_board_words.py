@@ -3,9 +3,7 @@ errors from deep inside a transfer end as a plain reason on their own port, neve
 from __future__ import annotations
 
 import io
-import json
 import logging
-from pathlib import Path
 
 import pytest
 
