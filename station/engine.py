@@ -26,6 +26,7 @@ from station.journal import Journal
 from station.model import Mode, PortInfo, PortKey, Result, StepFailed
 from station.steps import DeviceContext, Session, Step
 from station.profiles import Profile
+from station.text import one_line
 
 Listener = Callable[[ev.Event], None]
 
@@ -73,6 +74,8 @@ class Engine:
         self._last_batch: BatchSummary | None = None
         self._ports_changed: asyncio.Condition | None = None  # notified after every scan
         self.prompt_timeout = 300.0  # seconds an operator has to act on a prompt
+        self.probe_interval = 1.0  # seconds between asking a prompted board whether the person has acted
+        self._departures: dict[PortKey, int] = {}  # how often each port has left the bus: a re-enumeration
 
     # --- events -------------------------------------------------------------------------------------------
 
@@ -102,6 +105,7 @@ class Engine:
         gone = [k for k in self.present if k not in now]
         self.present = now
         for key in gone:
+            self._departures[key] = self._departures.get(key, 0) + 1
             self._publish(ev.PortGone(key))
         for port in appeared:
             self._publish(ev.PortAppeared(port))
@@ -263,7 +267,8 @@ class Engine:
         self._device_keys[device_id] = key
         self._publish(ev.DeviceStarted(key, device_id, tuple(s.name for s in steps), tuple(s.label for s in steps),
                                        tuple(s.name for s in steps if s.verifies), any(s.leaves_bus for s in steps)))
-        session = family.open_session(port, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level, msg)),
+        session = family.open_session(port, log=lambda level, msg: self._publish_threadsafe(ev.Log(key, level,
+                                                                                                 one_line(msg))),
                                       progress=self._progress_reporter(key))
         self._sessions[key] = session
         ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, device_id=device_id,
@@ -280,7 +285,7 @@ class Engine:
         except asyncio.CancelledError:
             result, reason = Result.INTERRUPTED, "Stopped by the operator"
         except Exception as exc:  # noqa: BLE001 - a bug in one port's pipeline must not take the others down
-            result, reason = Result.FAIL, f"Internal error: {type(exc).__name__}: {exc}"
+            result, reason = Result.FAIL, one_line(f"Internal error: {type(exc).__name__}: {exc}")
             self._publish(ev.Log(key, "error", reason))
         finally:
             session.close()
@@ -353,25 +358,56 @@ class Engine:
             return
 
     async def _wait_for_operator(self, ctx: DeviceContext, step: str, failure: StepFailed) -> None:
-        """Show the prompt and wait until the board leaves and comes back at the same USB location.
+        """Show the prompt and wait until the board is ready: its probe answers yes (asked about every second
+        while it is on the bus), or it leaves and comes back at the same USB location.
 
         The board may come back under another tty name (a mode change re-enumerates it), so the port is
         looked up again by its location.
         """
         key = ctx.port.key
         self._publish(ev.OperatorPrompt(key, step, failure.operator_prompt or "", failure.reason))
-        assert self._ports_changed is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.prompt_timeout
+        departures = self._departures.get(key, 0)
+        next_probe = loop.time()
+        while True:
+            if self._departures.get(key, 0) != departures:
+                if key in self.present:  # re-enumerated
+                    ctx.port = self.present[key]
+                    ctx.session.url = ctx.port.url
+                    return
+            elif key in self.present and failure.probe is not None and loop.time() >= next_probe:
+                if await self._probe(ctx, failure.probe, max(deadline - loop.time(), self.probe_interval)):
+                    return
+                next_probe = loop.time() + self.probe_interval
+            left = deadline - loop.time()
+            if left <= 0:
+                raise StepFailed(f"{failure.reason}; nobody acted on \"{failure.operator_prompt}\" within "
+                                 f"{self.prompt_timeout:g} s")
+            await self._port_change(min(left, self.probe_interval))
+
+    async def _probe(self, ctx: DeviceContext, probe: Callable[[], bool], timeout: float) -> bool:
+        """One probe in the port's worker; a probe that hangs is stopped like a step that does."""
+        future = asyncio.get_running_loop().run_in_executor(self.pool, probe)
         try:
-            async with self._ports_changed:
-                await asyncio.wait_for(self._ports_changed.wait_for(lambda: key not in self.present),
-                                       self.prompt_timeout)
-                await asyncio.wait_for(self._ports_changed.wait_for(lambda: key in self.present),
-                                       self.prompt_timeout)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
-            raise StepFailed(f"{failure.reason}; nobody acted on \"{failure.operator_prompt}\" within "
-                             f"{self.prompt_timeout:g} s") from None
-        ctx.port = self.present[key]
-        ctx.session.url = ctx.port.url
+            ctx.session.abort()
+            await asyncio.gather(future, return_exceptions=True)
+            return False
+        except asyncio.CancelledError:
+            ctx.session.abort()
+            await asyncio.gather(future, return_exceptions=True)
+            raise
+
+    async def _port_change(self, timeout: float) -> None:
+        """Return after the next scan of the ports, or after `timeout` seconds."""
+        assert self._ports_changed is not None
+        async with self._ports_changed:
+            try:
+                await asyncio.wait_for(self._ports_changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
 
     async def _in_worker(self, ctx: DeviceContext, device_id: str, step: Step, attempt: int,
                          timeout: float) -> str:
@@ -387,6 +423,7 @@ class Engine:
             except Exception as exc:
                 self.journal.end_step(step_id, False, f"{type(exc).__name__}: {exc}")
                 raise
+            detail = one_line(detail)  # a board's own words (its description, an agent's serial) are in it
             self.journal.end_step(step_id, True, detail)
             return detail
 

@@ -75,7 +75,7 @@ class StepDone:
 
 @dataclass(frozen=True)
 class OperatorPrompt:
-    """A board needs a hand; the step continues by itself when the board re-enumerates."""
+    """A board needs a hand; the step continues by itself once the board answers as asked (or re-enumerates)."""
 
     key: PortKey
     step: str

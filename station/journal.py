@@ -17,6 +17,7 @@ from pathlib import Path
 
 from station.model import Result
 from station.store import Schema, add_column, connect
+from station.text import one_line
 
 # Version 1 is the tables as the station made them before versions were kept, so such a file opens as it is.
 TABLES_V1 = """
@@ -168,11 +169,11 @@ class Journal:
 
     def end_step(self, step_id: int, ok: bool, detail: str) -> None:
         self._write("UPDATE steps SET ended = ?, result = ?, detail = ? WHERE id = ?",
-                    (time.time(), (Result.PASS if ok else Result.FAIL).value, detail, step_id))
+                    (time.time(), (Result.PASS if ok else Result.FAIL).value, one_line(detail), step_id))
 
     def end_device(self, device_id: str, result: Result, reason: str = "") -> None:
         self._write("UPDATE devices SET result = ?, reason = ?, ended = ? WHERE id = ?",
-                    (result.value, reason, time.time(), device_id))
+                    (result.value, one_line(reason), time.time(), device_id))
 
     def recover(self) -> list[DeviceRow]:
         """Mark devices and steps left running by a previous process as interrupted; return those devices."""

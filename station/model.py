@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Callable
+
+from station.text import one_line
 
 PortKey = str  # physical USB location, e.g. "1-2.3" (real hub) or "sim-1.3" (emulated hub)
 
@@ -55,14 +58,22 @@ class Result(enum.Enum):
 
 
 class StepFailed(Exception):
-    """A step failed for a reason an operator can act on. The message is shown as-is.
+    """A step failed for a reason an operator can act on. The reason often carries what a board said, so it is
+    made one safe line here (station.text), and is shown as-is from then on.
 
-    `operator_prompt` says what a person must do with the board (press a button, change a mode); the engine
-    shows it and runs the step again once the board re-enumerates at the same USB location.
+    `operator_prompt` says what a person must do with the board (press a button, change a mode). A prompt comes
+    with `probe`: a blocking check, run in the port's worker about every second while the prompt shows, that
+    asks the board (without disturbing what the person is doing) whether it is now as the prompt asks. The
+    engine runs the step again once the probe says yes, or once the board re-enumerates at the same USB location;
+    many boards (a CP2102 or CH340 bridge) never re-enumerate when their buttons are pressed.
     """
 
-    def __init__(self, reason: str, retryable: bool = False, operator_prompt: str | None = None):
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, reason: str, retryable: bool = False, operator_prompt: str | None = None,
+                 probe: Callable[[], bool] | None = None):
+        if operator_prompt and probe is None:
+            raise ValueError("an operator prompt needs a probe: the station must see when the board is ready")
+        self.reason = one_line(reason)
+        super().__init__(self.reason)
         self.retryable = retryable
         self.operator_prompt = operator_prompt
+        self.probe = probe

@@ -9,13 +9,16 @@ fully usable or refused before any board is touched. One profile may carry firmw
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from station.steps import StepPolicy
+from station.text import one_line, shown
 
 if TYPE_CHECKING:
     from station.identity.idevid import IdevidProfile
@@ -53,13 +56,6 @@ class CloudSpec:
     topic_prefix: str = "devices"
     url: str = ""
     options: dict = field(default_factory=dict)  # registrar-specific: client_id, credentials specs, pin
-
-
-CLOUD_KEYS = {
-    "mosquitto": ("registrar", "topic_prefix"),
-    "spark-server": ("registrar", "url", "client_id", "client_secret", "username", "password"),
-    "https": ("registrar", "url", "token", "pin_sha256", "pin_kind"),
-}
 
 
 @dataclass(frozen=True)
@@ -110,8 +106,10 @@ class Table:
         self.raw: dict = raw
 
     def fail(self, message: str, key: str | None = None) -> None:
-        place = f"{self.where}.{key}" if key else self.where
-        raise ProfileError(f"{self.file}: [{place}] {message}")
+        place = f"{self.where}.{key}" if key and self.where else key or self.where
+        at = f"[{place}] " if place else ""  # the file's top level has no table name to give
+        # keys and values are the file's words: one line, whatever they hold
+        raise ProfileError(one_line(f"{self.file}: {at}{message}", limit=1000))
 
     def check_keys(self, allowed: tuple[str, ...]) -> None:
         for key in self.raw:
@@ -148,10 +146,13 @@ def load_profile(path: str | os.PathLike) -> Profile:
 
     file = Path(path)
     try:
-        text = file.read_bytes()
+        text = read_regular_file(file, MAX_PROFILE_BYTES)
     except FileNotFoundError:
         raise ProfileError(f"{file}: profile file not found. Check the path; `station profiles` lists the shipped "
                            f"ones and yours.")
+    except OSError as exc:
+        raise ProfileError(f"{file}: the profile can't be read ({exc.strerror}); name a TOML file of at most "
+                           f"{MAX_PROFILE_BYTES // 1024} KiB.") from None
     try:
         raw = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -201,18 +202,43 @@ def family_keys(families: dict, table: str) -> tuple[str, ...]:
     return tuple(sorted({k for f in families.values() for k in f.profile_keys.get(table, ())}))
 
 
+MAX_FIRMWARE_BYTES = 64 * 1024 * 1024  # above the largest flash a supported board has (16 MiB), far below RAM
+MAX_PROFILE_BYTES = 1024 * 1024
+MAX_STEP_TIMEOUT = 24 * 3600  # seconds; a step that may take longer is one nobody is watching
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, at most `limit` of them. Anything else (a device, a FIFO, a directory, a file
+    over the limit) raises OSError with words a person can act on; opening never blocks."""
+    if "\0" in str(path):
+        raise OSError(0, "the path holds a NUL character")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # a FIFO or a device would block a plain open
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "it is not a regular file")
+        if info.st_size > limit:
+            raise OSError(0, f"it is {info.st_size} bytes, over the limit of {limit}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(0, f"it grew over the limit of {limit} bytes while being read")
+    return data
+
+
 def read_pinned(img: Table, base: Path) -> PinnedFile:
     """The `file` an image table names (relative to the profile), checked against its `sha256` pin."""
     rel = img.get("file", str)
-    path = (base / rel).resolve()
     pinned = img.get("sha256", str, hint="pin the image: sha256 = \"<sha256sum of the file>\"").lower()
     if len(pinned) != 64 or any(c not in "0123456789abcdef" for c in pinned):
         img.fail("sha256 must be 64 hex digits (the output of sha256sum).", "sha256")
+    if not rel or "\0" in rel:
+        img.fail(f"{shown(rel)} is not a file path; name the firmware file (relative to the profile).", "file")
+    path = (base / rel).resolve()
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_FIRMWARE_BYTES)
     except OSError as exc:
-        img.fail(f"firmware file {path} can't be read ({exc.strerror}); put the file there or fix the path "
-                 f"(relative to the profile).", "file")
+        img.fail(f"firmware file {path} can't be read ({exc.strerror}); put a regular file of at most "
+                 f"{MAX_FIRMWARE_BYTES // (1024 * 1024)} MiB there or fix the path (relative to the profile).", "file")
     actual = hashlib.sha256(data).hexdigest()
     if actual != pinned:
         img.fail(f"{rel} has SHA-256 {actual[:16]}…, but the profile pins {pinned[:16]}…; the file is not the one "
@@ -221,22 +247,28 @@ def read_pinned(img: Table, base: Path) -> PinnedFile:
 
 
 def _load_cloud(top: Table) -> CloudSpec | None:
+    from station.cloud.registrar import REGISTRARS, RegistrarOptionError
+
     if "cloud" not in top.raw:
         return None
     table = top.sub("cloud", top.get("cloud", dict))
-    kind = table.get("registrar", str, hint=f"one of {', '.join(CLOUD_KEYS)}")
-    if kind not in CLOUD_KEYS:
-        table.fail(f"registrar '{kind}' is not known; use one of {', '.join(CLOUD_KEYS)}.", "registrar")
-    table.check_keys(CLOUD_KEYS[kind])
-    options = {k: table.get(k, str) for k in CLOUD_KEYS[kind] if k not in ("registrar", "topic_prefix", "url")
+    kind = table.get("registrar", str, hint=f"one of {', '.join(REGISTRARS)}")
+    if kind not in REGISTRARS:
+        table.fail(f"registrar {shown(kind)} is not known; use one of {', '.join(REGISTRARS)}.", "registrar")
+    table.check_keys(("registrar", *REGISTRARS[kind].OPTIONS))
+    options = {k: table.get(k, str) for k in REGISTRARS[kind].OPTIONS if k not in ("topic_prefix", "url")
                and k in table.raw}
     for secret in ("client_secret", "password", "token"):
         if secret in options and not options[secret].startswith(("env:", "keyring:")):
             table.fail(f"{secret} must name where the secret is, never hold it: \"env:VARIABLE\" or "
                        f"\"keyring:service/user\".", secret)
     url = table.get("url", str, "" if kind == "mosquitto" else ...)
-    return CloudSpec(registrar=kind, topic_prefix=table.get("topic_prefix", str, "devices"), url=url,
-                     options=options)
+    topic_prefix = table.get("topic_prefix", str, "devices")
+    try:
+        REGISTRARS[kind].check_options(url, topic_prefix, options)
+    except RegistrarOptionError as exc:
+        table.fail(f"{exc}; fix it for the {kind} registrar.", exc.key)
+    return CloudSpec(registrar=kind, topic_prefix=topic_prefix, url=url, options=options)
 
 
 def _load_identity(top: Table) -> IdentitySpec | None:
@@ -259,6 +291,7 @@ def _load_wifi(top: Table) -> WifiSpec | None:
     from station.families import FAMILIES
     from station.families.esp.payloads import PayloadError
     from station.families.esp.payloads.nvs import validate_wifi
+    from station.secrets import Place, SecretError
 
     if "wifi" not in top.raw:
         return None
@@ -272,6 +305,12 @@ def _load_wifi(top: Table) -> WifiSpec | None:
     psk_keyring = wifi.get("psk_keyring", str, None)
     if psk_keyring is not None and psk_keyring.count("/") != 1:
         wifi.fail("psk_keyring must be \"service/username\" as stored in the OS keyring.", "psk_keyring")
+    for key, place in (("psk_env", f"env:{psk_env}"), ("psk_keyring", f"keyring:{psk_keyring}")):
+        try:
+            if wifi.raw.get(key) is not None:
+                Place.parse(place, "Wi-Fi passphrase")  # the same rule resolve_psk applies, but now
+        except SecretError as exc:
+            wifi.fail(str(exc), key)
     try:
         validate_wifi(ssid, "")  # the passphrase is checked when it is read, before any board is touched
     except PayloadError as exc:
@@ -294,8 +333,9 @@ def _load_steps(top: Table, families: list) -> dict[str, StepPolicy]:
         step.check_keys(("timeout", "retries"))
         timeout = step.get("timeout", (int, float), policies[name].timeout)
         retries = step.get("retries", int, policies[name].retries)
-        if timeout <= 0 or not 0 <= retries <= 10:
-            step.fail("timeout must be > 0 seconds and retries between 0 and 10.")
+        if not (math.isfinite(timeout) and 0 < timeout <= MAX_STEP_TIMEOUT) or not 0 <= retries <= 10:
+            step.fail(f"timeout must be more than 0 and at most {MAX_STEP_TIMEOUT} seconds, and retries between 0 "
+                      f"and 10.")
         policies[name] = StepPolicy(timeout=float(timeout), retries=retries)
     return policies
 

@@ -6,6 +6,7 @@ import time
 from typing import IO
 
 from station import events as ev
+from station.text import one_line
 
 
 class TerminalReport:
@@ -19,8 +20,8 @@ class TerminalReport:
 
     def __call__(self, event: ev.Event) -> None:
         line = self._format(event)
-        if line:
-            self.out.write(f"{time.monotonic() - self._t0:7.1f}s {line}\n")
+        if line:  # events carry what boards said: one line each, so no board can print a line of its own
+            self.out.write(f"{time.monotonic() - self._t0:7.1f}s {one_line(line, limit=2000)}\n")
             self.out.flush()
 
     def _format(self, e: ev.Event) -> str | None:

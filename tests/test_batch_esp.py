@@ -1,5 +1,6 @@
 """A batch of emulated boards, end to end: what lands in each board's flash is what the profile says."""
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,39 @@ def test_board_in_the_wrong_boot_mode_prompts_and_continues_after_replug(profile
     assert summary.failed == {} and sorted(summary.passed) == sorted(server.locations)
     app = profile.firmware["ESP32"].images[-1]
     assert boards[0].flash.read(app.offset, len(app.data)) == app.data
+
+
+@pytest.mark.parametrize("takes", [0.0, 1.5], ids=["at-once", "after-a-while"])
+def test_wrong_boot_mode_prompt_is_satisfied_by_the_buttons_without_re_enumeration(profile, bench, tmp_path, takes):
+    """A CP2102/CH340 board does not leave the bus when its buttons are pressed: the station keeps asking the
+    board while the prompt shows, sees it answer in download mode and carries on (`takes`: how long the person
+    needs to walk over; the station's first asks then find the board not ready)."""
+    boards = demo_fleet(2)
+    boards[0].faults = EspFaults(wrong_boot_mode=True)  # stays broken: only the BOOT button pulls IO0 low
+    server = bench(boards)
+    prompts, gone = [], []
+
+    def operator(e):  # a technician who does what the tile says, and nothing else
+        if isinstance(e, ev.OperatorPrompt):
+            prompts.append(e)
+            threading.Timer(takes, boards[0].hold_boot_and_press_reset).start()
+        elif isinstance(e, ev.PortGone):
+            gone.append(e.key)
+
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"), operator)
+    assert [p.key for p in prompts] == [server.locations[0]]
+    assert gone == []
+    assert summary.failed == {} and sorted(summary.passed) == sorted(server.locations)
+    app = profile.firmware["ESP32"].images[-1]
+    assert boards[0].flash.read(app.offset, len(app.data)) == app.data
+
+
+def test_a_prompt_the_station_could_not_check_cannot_be_written():
+    """Every prompt comes with a probe, so no prompt waits only for a re-enumeration some boards never do."""
+    from station.model import StepFailed
+
+    with pytest.raises(ValueError, match="needs a probe"):
+        StepFailed("Board is not in download mode", operator_prompt="Hold BOOT, press and release RESET")
 
 
 def test_prompt_nobody_acts_on_fails_the_board(profile, bench, tmp_path):

@@ -227,6 +227,28 @@ def test_wrong_boot_mode_over_espsim_is_named_and_asks_for_the_operator():
     assert board.boot_count == 2  # the reset booted the firmware in flash instead
 
 
+def test_the_prompts_probe_sees_boot_and_reset_pressed_and_the_next_connect_keeps_download_mode():
+    """A board whose auto-reset can't pull IO0 low: the probe says no until a person holds BOOT and presses RESET,
+    then yes; the connect after it does not reset the board out of download mode."""
+    board = app_board(faults=EspFaults(wrong_boot_mode=True))
+    lines, log = logged()
+    with EspSimServer([board]) as server:
+        session = EspSession(server.station_urls[0], log, lambda done, total: None)
+        with pytest.raises(StepFailed) as failed:
+            session.connect(baud=115200)
+        assert failed.value.probe() is False  # nobody has touched the board yet
+        board.hold_boot(True)
+        board.press_reset()
+        board.hold_boot(False)
+        assert failed.value.probe() is True
+        info = session.connect(baud=460800)
+        assert (info.chip, info.mac) == ("ESP32", board.mac_text)
+        session.write([(0x30000, b"\x42" * 4096)])
+        session.close()
+        assert board.faults.wrong_boot_mode and server.is_plugged(0)  # the circuit is still broken; no cable touched
+    assert board.read_flash(0x30000, 4096) == b"\x42" * 4096
+
+
 def test_no_sync_over_espsim_shows_download_mode_without_answers():
     board = EspBoard("esp32", 1, faults=EspFaults(no_sync=True))
     with EspSimServer([board]) as server, closing(open_port(server.station_urls[0])) as port:

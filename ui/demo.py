@@ -5,10 +5,11 @@ through a registry directory exactly as real ports are found; the station drives
 demo adds two things a real bench has and an emulator does not:
 
 * a scripted operator: when the station asks for a hand on the "wrong boot mode" board (OperatorPrompt), it
-  waits 3 s, pulls the board, fixes its straps and plugs it back in; the station notices the re-enumeration
-  and carries on by itself. The board is an ESP32: esptool reads the boot mode from the ROM's boot log on
-  ESP32 and later only, so on an ESP8266 (or wherever no prompt comes) the scripted operator fixes the
-  straps before the station's second detect attempt instead, and says so in the station log.
+  waits 3 s, then does what the tile says on the emulated board's buttons: holds BOOT, presses RESET, lets
+  go of BOOT. No cable is touched (a CP2102/CH340 board does not re-enumerate); the station sees the board
+  answer in download mode and carries on by itself. The board is an ESP32: esptool reads the boot mode from
+  the ROM's boot log on ESP32 and later only, so on an ESP8266 (or wherever no prompt comes) the scripted
+  operator holds BOOT through the station's second detect attempt instead, and says so in the station log.
 * tile menu entries to unplug / plug back an emulated board (ESP or DFU).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ class DemoHarness(QObject):
         self.prompt_key = server.locations[prompt_index] if prompt_index is not None else None
         self.prompted = False
         self.fixed_without_prompt = False
-        self.reseated = 0
+        self.pressed = 0  # times the operator held BOOT and pressed RESET after a prompt
         self.delay = PROMPT_DELAY_S
         self.batches_done = 0
         station.bridge.eventSeen.connect(self._event)
@@ -57,32 +58,26 @@ class DemoHarness(QObject):
             self.prompted = True
             self.station.bridge.note(f"demo: the operator walks over to {self._name()} ({self.delay:g} s)",
                                      key=self.prompt_key)
-            QTimer.singleShot(int(self.delay * 1000), lambda: asyncio.ensure_future(self._reseat()))
+            QTimer.singleShot(int(self.delay * 1000), self._press_boot_and_reset)
         elif (isinstance(e, ev.StepStarted) and e.step == "detect" and e.attempt >= 2 and not self.prompted
-              and board.faults.wrong_boot_mode):
-            # this runs before the retry opens the port, so the fix is in place when it connects
-            board.faults = EspFaults()
+              and board.faults.wrong_boot_mode and not board.boot_held):
+            # this runs before the retry opens the port, so BOOT is down when the bridge resets the chip
+            board.hold_boot(True)
             self.fixed_without_prompt = True
             self.station.bridge.note(
                 "demo: no operator prompt came (the station saw only silence, not the ROM's boot mode); the "
-                "scripted operator fixed the board's boot straps before the second attempt", "warning",
-                self.prompt_key)
+                "scripted operator holds BOOT through the second attempt", "warning", self.prompt_key)
+        elif isinstance(e, ev.StepDone) and e.step == "detect" and self.fixed_without_prompt and board.boot_held:
+            board.hold_boot(False)
 
     def _name(self) -> str:
         return self.station.settings.name(self.prompt_key) if self.prompt_key else ""
 
-    async def _reseat(self) -> None:
-        i = self.prompt_index
-
-        def reseat() -> None:
-            self.server.unplug(i)
-            self.server.boards[i].faults = EspFaults()
-            time.sleep(0.6)  # long enough for discovery (0.25 s polls) to see it gone
-            self.server.plug(i)
-
-        await asyncio.get_running_loop().run_in_executor(None, reseat)
-        self.reseated += 1
-        self.station.bridge.note(f"demo: board on {self._name()} re-plugged in download mode", key=self.prompt_key)
+    def _press_boot_and_reset(self) -> None:
+        self.server.boards[self.prompt_index].hold_boot_and_press_reset()
+        self.pressed += 1
+        self.station.bridge.note(f"demo: the operator held BOOT and pressed RESET on {self._name()}",
+                                 key=self.prompt_key)
 
     def _tile_actions(self, key: str, menu: QMenu) -> None:
         if self.hub is None or key not in self.hub.locations:
@@ -92,6 +87,9 @@ class DemoHarness(QObject):
         action = menu.addAction("Unplug (emulated board)" if plugged else "Plug back in (emulated board)")
         action.triggered.connect(lambda: asyncio.ensure_future(
             asyncio.get_running_loop().run_in_executor(None, self.hub.unplug if plugged else self.hub.plug, key)))
+        if plugged and self.hub.has_buttons(key):
+            buttons = menu.addAction("Hold BOOT, press RESET (emulated board)")
+            buttons.triggered.connect(lambda: self.hub.boot_into_download_mode(key))
 
 
 _DEMO_CA = None

@@ -8,6 +8,8 @@
 Registrars are called from worker threads (the outbox runs them in an executor) and block. They must be
 idempotent: the outbox may deliver a registration again after a crash between "sent" and "marked delivered".
 They raise `CloudUnavailable` for "try again later" and `CloudRefused` for "the cloud said no".
+Each class names the [cloud] keys a profile may give it (`OPTIONS`) and checks them when the profile loads
+(`check_options`, through `REGISTRARS`), so a profile that loads has options its registrar can use.
 A registrar may also offer `register_many(devices)`, which the outbox uses to deliver many in one round trip.
 
 Credentials (tokens, client secrets, passwords) come from the environment or the OS keyring, named by the
@@ -119,6 +121,37 @@ class Registrar(Protocol):
     def void(self, device: DeviceRegistration) -> RegistrationResult: ...
 
 
+# --- options, checked when a profile loads ----------------------------------------------------------------
+
+class RegistrarOptionError(ValueError):
+    """A registrar can't work with an option as a profile writes it; `key` names the option."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _required(options: Mapping[str, str], key: str, what: str) -> str:
+    if not options.get(key):
+        raise RegistrarOptionError(key, f"missing {key}: {what}")
+    return options[key]
+
+
+def _secret_place(options: Mapping[str, str], key: str, what: str) -> SecretSpec:
+    try:
+        return SecretSpec.parse(what, _required(options, key, f"where the {what} is kept, \"env:VARIABLE\" or "
+                                                               f"\"keyring:service/user\""))
+    except SecretError as exc:
+        raise RegistrarOptionError(key, str(exc)) from None
+
+
+def _base_url(url: str, *, pinned: bool) -> None:
+    try:  # the same checks the registrar's HTTP client makes; a placeholder pin asks for its https rule
+        _Http(url, timeout=1.0, pin="0" * 64 if pinned else None)
+    except ValueError as exc:
+        raise RegistrarOptionError("url", str(exc)) from None
+
+
 # --- credentials ------------------------------------------------------------------------------------------
 
 def reveal(spec: SecretSpec) -> str:
@@ -134,6 +167,8 @@ def reveal(spec: SecretSpec) -> str:
 class MosquittoRegistrar:
     """Registers devices with a Mosquitto broker's dynamic security. Void also revokes the certificate when
     the client factory's DynsecClient can (LocalBroker.admin_client does)."""
+
+    OPTIONS = ("topic_prefix",)
 
     def __init__(self, client_factory: Callable[[], DynsecClient], name: str = "mosquitto"):
         self.name = name
@@ -157,6 +192,13 @@ class MosquittoRegistrar:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+    @staticmethod
+    def check_options(url: str, topic_prefix: str, options: Mapping[str, str]) -> None:
+        try:
+            check_topic_prefix(topic_prefix)
+        except ValueError as exc:
+            raise RegistrarOptionError("topic_prefix", str(exc)) from None
 
     @staticmethod
     def _check(device: DeviceRegistration) -> None:
@@ -205,7 +247,7 @@ class MosquittoRegistrar:
 def _normalise_pin(pin: str) -> str:
     hexdigits = pin.replace(":", "").replace(" ", "").lower()
     if len(hexdigits) != 64 or any(c not in "0123456789abcdef" for c in hexdigits):
-        raise ValueError(f"a certificate pin must be a SHA-256 in hex (64 digits, colons allowed), not {pin!r}")
+        raise ValueError("a certificate pin must be a SHA-256 in hex (64 digits, colons allowed)")
     return hexdigits
 
 
@@ -320,6 +362,15 @@ class SparkServerRegistrar:
     harmless (the server overwrites core_keys/<id>.pub.pem), so repeats are safe.
     """
 
+    OPTIONS = ("url", "client_id", "client_secret", "username", "password")
+
+    @staticmethod
+    def check_options(url: str, topic_prefix: str, options: Mapping[str, str]) -> None:
+        _base_url(url, pinned=False)
+        _required(options, "username", "the spark-server account that provisions devices")
+        _secret_place(options, "client_secret", "spark-server client secret")
+        _secret_place(options, "password", "spark-server password")
+
     def __init__(self, base_url: str, *, client_id: str, client_secret: SecretSpec, username: str,
                  password: SecretSpec, name: str = "spark-server", timeout: float = 15.0):
         self.name = name
@@ -415,6 +466,19 @@ class HttpsRegistrar:
     SubjectPublicKeyInfo with pin_kind="spki", which survives a renewal with the same key); the pin is checked
     right after the handshake, before the token or the record is sent."""
 
+    OPTIONS = ("url", "token", "pin_sha256", "pin_kind")
+
+    @staticmethod
+    def check_options(url: str, topic_prefix: str, options: Mapping[str, str]) -> None:
+        _base_url(url, pinned=True)
+        _secret_place(options, "token", "registration API token")
+        try:
+            _normalise_pin(_required(options, "pin_sha256", "the SHA-256 of the server's certificate (or key)"))
+        except ValueError as exc:
+            raise RegistrarOptionError("pin_sha256", str(exc)) from None
+        if options.get("pin_kind", "certificate") not in ("certificate", "spki"):
+            raise RegistrarOptionError("pin_kind", "pin_kind must be 'certificate' or 'spki'")
+
     def __init__(self, url: str, *, token: SecretSpec, pin_sha256: str, pin_kind: str = "certificate",
                  name: str = "https", timeout: float = 15.0):
         self.name = name
@@ -453,5 +517,10 @@ class HttpsRegistrar:
         raise self._fail(resp, f"void device {device.device_id}")
 
 
+# a profile's [cloud] registrar = "…" -> the class that checks its options when the profile loads
+REGISTRARS = {"mosquitto": MosquittoRegistrar, "spark-server": SparkServerRegistrar, "https": HttpsRegistrar}
+
 __all__ = ["DeviceRegistration", "RegistrationResult", "Registrar", "MosquittoRegistrar",
-           "SparkServerRegistrar", "HttpsRegistrar", "PinMismatch", "REGISTER", "VOID"]
+           "SparkServerRegistrar", "HttpsRegistrar", "PinMismatch", "REGISTER", "VOID", "REGISTRARS",
+           "RegistrarOptionError"]
+

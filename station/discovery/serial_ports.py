@@ -5,6 +5,7 @@ from __future__ import annotations
 from serial.tools import list_ports
 
 from station.model import PortInfo
+from station.text import one_line
 
 
 class SerialPortSource:
@@ -19,8 +20,10 @@ class SerialPortSource:
             if known is None or not location:
                 continue  # not a board we know, or not on USB (no physical location to key it by)
             family, what = known
+            # the product and serial strings are the bridge's USB descriptors: programmable, so untrusted
+            serial = one_line(info.serial_number, limit=64) if info.serial_number else None
             ports.append(PortInfo(key=location, url=info.device, family=family, vid=info.vid, pid=info.pid,
-                                  serial=info.serial_number, description=info.product or what))
+                                  serial=serial, description=one_line(info.product or what, limit=120)))
         return ports
 
 

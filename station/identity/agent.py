@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from station.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +163,7 @@ class AgentClient:
             pos, texts = 12, []
             for _ in range(3):
                 n = p[pos]
-                texts.append(p[pos + 1:pos + 1 + n].decode())
+                texts.append(one_line(p[pos + 1:pos + 1 + n].decode(), limit=255))  # the board's words
                 pos += 1 + n
             if len(mac) != 6 or pos != len(p):
                 raise ValueError("length")
@@ -185,7 +188,7 @@ class AgentClient:
         p = self._request(GENERATE_KEY, bytes((KEY_TYPES[key_type],)) + pack_str(subject_serial))
         try:
             key = serialization.load_der_public_key(p)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):
             raise AgentError("The agent's public key is not a DER SubjectPublicKeyInfo", "protocol") from None
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise AgentError(f"The agent made a {type(key).__name__}, not the {key_type} key asked for", "protocol")
@@ -197,7 +200,9 @@ class AgentClient:
         p = self._request(GET_CSR)
         try:
             csr = x509.load_der_x509_csr(p)
-        except ValueError:
+            csr.public_key()  # parsed lazily: a mangled key or algorithm shows here, not later
+            csr.subject
+        except (ValueError, UnsupportedAlgorithm):
             raise AgentError("The agent's CSR is not a DER PKCS#10 request", "protocol") from None
         return csr
 
@@ -242,7 +247,7 @@ class AgentClient:
                 timeouts += 1
                 continue
             if ftype == ERROR:
-                code, message = (answer[0], answer[1:].decode(errors="replace")) if answer else (0, "")
+                code, message = (answer[0], one_line(answer[1:], limit=200)) if answer else (0, "")
                 if code == E_CRC and attempt < tries:
                     crc_errors += 1  # our request arrived damaged: send it again
                     continue
@@ -299,7 +304,7 @@ class AgentClient:
         seen = ""
         if reader.text_skipped:
             lines = [ln for ln in reader.last_text.decode("ascii", "replace").splitlines() if ln.strip()]
-            seen = f"; the board printed text (last line: {lines[-1].strip()[:80]!r})" if lines else ""
+            seen = f"; the board printed text (last line: '{one_line(lines[-1], limit=80)}')" if lines else ""
         return AgentError(f"No provisioning agent answered {what} on {self._where} within {self.timeout:g} s "
                           f"({tries} tries){seen}. Is the firmware built with the station's agent, and has the board "
                           "booted into it?", "timeout")

@@ -89,3 +89,12 @@ class DemoHub:
     def plug(self, location: str) -> None:
         server, i = self._server(location)
         server.plug(i)
+
+    # --- the buttons on an ESP dev board, as a person presses them (no cable touched) ------------------------------
+
+    def has_buttons(self, location: str) -> bool:
+        return location in self.esp.locations
+
+    def boot_into_download_mode(self, location: str) -> None:
+        """Hold BOOT, press and release RESET, release BOOT: what the station's wrong-boot-mode prompt asks."""
+        self.esp.boards[self.esp.locations.index(location)].hold_boot_and_press_reset()

@@ -13,7 +13,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from station.families.dfu.errors import DfuFileError, shown
+from station.families.dfu.errors import DfuFileError
+from station.text import shown
 
 BCD_DFU_PLAIN = 0x0100
 BCD_DFUSE = 0x011A

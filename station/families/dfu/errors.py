@@ -1,4 +1,5 @@
-"""The one exception the DFU host, its files and its memory layouts raise, and how device text is shown.
+"""The one exception the DFU host, its files and its memory layouts raise (device text in them goes through
+station.text.shown).
 
 Every message is a plain sentence a technician can act on; callers show it as-is.
 """
@@ -15,18 +16,3 @@ class DfuLayoutError(DfuError):
 
 class DfuFileError(DfuError):
     """A .dfu / .bin file that is damaged or not meant for this board."""
-
-
-def shown(text: str | bytes, limit: int = 80) -> str:
-    """Device- or file-supplied text made safe to print: printable ASCII only, bounded length, quoted.
-
-    A descriptor string or file name may hold control characters (terminal escapes, newlines that forge log
-    lines) or be absurdly long; it is shown escaped and cut, never trusted.
-    """
-    if isinstance(text, bytes):
-        text = text.decode("latin-1")
-    cut = len(text) > limit
-    text = text[:limit]
-    safe = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
-                   for c in text)
-    return f'"{safe}{"…" if cut else ""}"'

@@ -23,7 +23,8 @@ import usb.core
 import usb.util
 
 from station.discovery.usb_devices import usb_error_reason
-from station.families.dfu.errors import DfuError, shown
+from station.families.dfu.errors import DfuError
+from station.text import shown
 from station.families.dfu.layout import MemoryLayout, is_layout, parse_layout
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from station.families.dfu.errors import DfuLayoutError, shown
+from station.families.dfu.errors import DfuLayoutError
+from station.text import shown
 
 _MULTIPLIERS = {"": 1, "B": 1, "K": 1024, "M": 1024 * 1024}
 _SEGMENT = re.compile(r"\s*(\d{1,5})\*(\d{1,5})( ?[BKM]?)([a-gA-G])\s*")

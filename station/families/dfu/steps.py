@@ -6,7 +6,8 @@ is gone, so the read-back is what proves the write (PROTOCOLS §4.4).
 """
 from __future__ import annotations
 
-from station.families.dfu.errors import DfuError, shown
+from station.families.dfu.errors import DfuError
+from station.text import shown
 from station.families.dfu.host import DfuHost, LeaveOutcome
 from station.families.dfu.profile import DFU_CHIPS, DfuFirmwareSet, Placement
 from station.model import BoardInfo, StepFailed

@@ -42,6 +42,8 @@ class EspSession:
         self._write_index = -1
         self._last_cur = 0
         self._last_total = -1
+        # "no-reset" once a person has put the board in download mode: a reset by the bridge would undo it
+        self._connect_mode = "default-reset"
 
     # PortSink for esptool_glue: what esptool says in this thread comes here
     def log(self, level: str, message: str) -> None:
@@ -70,7 +72,8 @@ class EspSession:
                 with self._lock:
                     self._serial = serial_port
                 serial_port.open()
-                esp = esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode="default-reset",
+                mode, self._connect_mode = self._connect_mode, "default-reset"
+                esp = esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode=mode,
                                                connect_attempts=connect_attempts)
                 esp = esptool.cmds.run_stub(esp)
                 with self._lock:
@@ -87,8 +90,28 @@ class EspSession:
                                  description=esp.get_chip_description(), features=list(esp.get_chip_features()))
             except (FatalError, SerialException, OSError) as exc:
                 self.close()
-                prompt = BOOT_MODE_PROMPT if "wrong boot mode" in str(exc).lower() else None
-                raise StepFailed(explain(exc, "connect"), retryable=True, operator_prompt=prompt) from exc
+                if "wrong boot mode" in str(exc).lower():
+                    raise StepFailed(explain(exc, "connect"), operator_prompt=BOOT_MODE_PROMPT,
+                                     probe=self.in_download_mode) from exc
+                raise StepFailed(explain(exc, "connect"), retryable=True) from exc
+
+    def in_download_mode(self) -> bool:
+        """Whether the ROM loader answers now, asked without resetting the board: after BOOT and RESET on a
+        board whose bridge does not re-enumerate, this is how the station sees the person has done it. The next
+        `connect` then does not reset the board either."""
+        try:
+            serial_port = serial.serial_for_url(self.url, exclusive=True, do_not_open=True)
+            with self._lock:
+                self._serial = serial_port
+            serial_port.open()
+            with esptool_glue.routed_to(_Quiet()):
+                esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode="no-reset", connect_attempts=1)
+        except (FatalError, SerialException, OSError):
+            return False
+        finally:
+            self.close()
+        self._connect_mode = "no-reset"
+        return True
 
     def write(self, images: list[tuple[int, bytes]]) -> None:
         """Write images (compressed, through the stub) and let esptool check each one's MD5."""
@@ -120,7 +143,11 @@ class EspSession:
     def read(self, offset: int, size: int) -> bytes:
         esp = self._require()
         with esptool_glue.routed_to(self):
-            return esptool.cmds.read_flash(esp, offset, size, None, no_progress=True)
+            try:
+                return esptool.cmds.read_flash(esp, offset, size, None, no_progress=True)
+            except (FatalError, SerialException, OSError) as exc:
+                self.close()
+                raise StepFailed(explain(exc, "read-back")) from exc
 
     def reset(self) -> None:
         """Reset into the app. Over TCP there is no RTS line; that is the transport's limit, not an error."""
@@ -168,10 +195,23 @@ class EspSession:
         return esp
 
 
+class _Quiet:
+    """Where esptool's words go while the station only asks whether the board answers."""
+
+    def log(self, level: str, message: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+
 def explain(exc: Exception, doing: str) -> str:
     """esptool's and pyserial's errors in words a technician can act on."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     lower = str(exc).lower()
+    if "digest mismatch" in lower:
+        return f"Read-back failed: the data the board sent does not match its own digest; the serial line " \
+               f"corrupts data (cable, noise or baud rate?) ({text})"
     if "md5 of file does not match" in lower:
         return "Verify failed: the board's flash does not hold what was written (MD5 mismatch)"
     if "wrong boot mode" in lower:

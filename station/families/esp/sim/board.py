@@ -145,8 +145,9 @@ class EspFaults:
     """Misbehaviours a station must cope with. All off by default."""
 
     no_sync: bool = False  # download mode, but the ROM never answers (TX path down)
-    # IO0 never goes low (broken auto-reset circuit, stuck strap): every reset boots from SPI flash, so the
-    # boot log says SPI_FAST_FLASH_BOOT and the ROM loader never listens (socket://: silence after the log)
+    # the auto-reset circuit never pulls IO0 low (a broken transistor, a board without one): every reset it does
+    # boots from SPI flash, so the boot log says SPI_FAST_FLASH_BOOT and the ROM loader never listens
+    # (socket://: silence after the log). Only the BOOT button (EspBoard.hold_boot) still pulls IO0 low.
     wrong_boot_mode: bool = False
     bad_md5: bool = False  # SPI_FLASH_MD5 and READ_FLASH digests are wrong
     flash_write_error: bool = False  # FLASH_DATA / FLASH_DEFL_DATA answer a flash write error
@@ -724,6 +725,7 @@ class EspBoard:
         self.dtr = self.rts = False
         self.powered = True  # the server powers boards off while they are unplugged
         self.in_reset = False  # EN is (or was, and has not yet risen past the threshold) held low
+        self.boot_held = False  # the BOOT button: pulls IO0 low while a person holds it
         self._released_at: float | None = None  # host time EN was let go; the straps are sampled EN_RISE_S later
         self._lines_at = 0.0
         self._send: Callable[[bytes], None] | None = None
@@ -764,7 +766,7 @@ class EspBoard:
         """EN reset as a transport without modem lines implies it (socket://, pty: the connection is the pulse):
         IO0 held low, fresh ROM loader, 115200 baud, no boot log. Flash is kept."""
         self._reset_chip_state()
-        if self.faults.wrong_boot_mode:
+        if self.faults.wrong_boot_mode and not self.boot_held:
             self.send(self.chip.boot_log_spi)
             self.mode: BoardMode = DeafMode(self)
         elif self.faults.no_sync:
@@ -867,7 +869,31 @@ class EspBoard:
         if self.powered and self._released_at is not None and at >= self._released_at + EN_RISE_S:
             self._released_at = None
             self.in_reset = False
-            self.boot(download=self.dtr and not self.rts and not self.faults.wrong_boot_mode)
+            self.boot(download=self._io0_low())
+
+    def _io0_low(self) -> bool:
+        circuit = self.dtr and not self.rts and not self.faults.wrong_boot_mode
+        return self.boot_held or circuit
+
+    # the dev board's two buttons, as a person presses them (no cable is touched)
+
+    def hold_boot(self, held: bool) -> None:
+        """Press (True) or release (False) BOOT: IO0 is low while it is held; the chip samples it when it starts."""
+        self.boot_held = held
+
+    def press_reset(self) -> None:
+        """Press and release RESET (EN): the chip restarts and samples IO0, whatever the bridge's lines say."""
+        if not self.powered:
+            return
+        self.in_reset = False
+        self._released_at = None
+        self.boot(download=self._io0_low())
+
+    def hold_boot_and_press_reset(self) -> None:
+        """Hold BOOT, press and release RESET, release BOOT: a person putting the board in download mode by hand."""
+        self.hold_boot(True)
+        self.press_reset()
+        self.hold_boot(False)
 
     @property
     def strap_sample_due(self) -> float | None:
