@@ -122,8 +122,8 @@ def identity_target(options: EspOptions, firmware: FirmwareSet):
         if part is not None and all(getattr(part, k) == v for k, v in kinds[store].items()):
             return store, part
     names = ", ".join(f"{p.name} (type {p.type:#x}/{p.subtype:#x})" for p in table)
-    wanted = f"a partition named '{options.identity_partition}'" if options.identity_partition else \
-        " or ".join(f"an {s} partition" for s in stores)
+    wanted = f"partition named '{options.identity_partition}'" if options.identity_partition else \
+        " or ".join(stores) + " partition"
     raise ValueError(f"[identity]: {firmware.chip}'s partition table ({firmware.partition_table.name}) has no "
                      f"{wanted} to hold the identity; it has {names}. Use firmware with such a partition or "
                      f"set [identity] store/partition.")
