@@ -290,7 +290,8 @@ class Engine:
             summary.passed.append(key)
         else:
             summary.failed[key] = reason
-        self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
+        self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started,
+                                    interrupted=result is Result.INTERRUPTED))
 
     def _not_in_profile(self, port: PortInfo) -> Step:
         """A board of a family the profile has no firmware for is refused at once, in plain words."""
