@@ -255,7 +255,7 @@ class MainWindow(QMainWindow):
         self._banner_soon = QTimer(self)
         self._banner_soon.setSingleShot(True)
         self._banner_soon.setInterval(100)
-        self._banner_soon.timeout.connect(self._update_banner)
+        self._banner_soon.timeout.connect(self._sync)  # Retry failed follows boards pulled and reseated too
         self._progress_timer = QTimer(self)  # the batch bar and its ETA, once a second while a batch runs
         self._progress_timer.setInterval(1000)
         self._progress_timer.timeout.connect(self._update_progress)
