@@ -204,6 +204,8 @@ class EngineBridge(QObject):
                 self.results[e.key] = e.ok
                 if e.ok:
                     self.passed_devices.add(e.device_id)
+                    if e.registering and e.device_id not in self.registrations:
+                        self.registrations[e.device_id] = tile.registration = "pending"
                 elif e.interrupted:
                     self.stopped.add(e.key)
                 else:
@@ -255,10 +257,9 @@ class EngineBridge(QObject):
     @property
     def pending_registration(self) -> int:
         """Boards of this batch whose registration waits in the outbox (the cloud has not confirmed it yet).
-        A passed board is in the outbox before its DeviceDone, so with a cloud it is pending until answered."""
-        default = "pending" if self.registering else ""
-        return sum(1 for d in self.batch_devices | self.passed_devices
-                   if self.registrations.get(d, default if d in self.passed_devices else "") == "pending")
+        A passed board is in the outbox before its DeviceDone (which says so), pending until the cloud answers;
+        a board with nothing to register (no identity) is never pending."""
+        return sum(1 for d in self.batch_devices if self.registrations.get(d) == "pending")
 
     def counts(self) -> tuple[int, int, int]:
         """Passed, failed (stopped boards are neither) and pending registration, in this batch."""
@@ -290,8 +291,7 @@ class EngineBridge(QObject):
             return finished, len(ports), fraction, None
         typical = sum(self.board_seconds) / len(self.board_seconds)
         running = [self.tiles[k] for k in ports if k not in self.results and self.tiles[k].busy]
-        left = max((typical - t.elapsed(now) for t in running), default=0.0)
-        return finished, len(ports), fraction, max(0.0, left)
+        return finished, len(ports), fraction, max((_time_left(t, typical, now) for t in running), default=0.0)
 
     # --- log ---------------------------------------------------------------------------------------------------
 
@@ -316,3 +316,12 @@ class EngineBridge(QObject):
     def note(self, text: str, level: str = "info", key: str | None = None) -> None:
         """A line from the window itself (not the engine): settings saved, export written, demo operator."""
         self._line(key, level, text)
+
+
+def _time_left(tile: TileState, typical: float, now: float) -> float:
+    """A running board's time to go: from its own pace through its steps once it is a tenth of the way, else
+    what a finished board of this batch took (boards of other families may be much faster: the larger wins)."""
+    elapsed, done = tile.elapsed(now), tile.fraction()
+    own = elapsed * (1 - done) / done if done >= 0.1 else 0.0
+    return max(own, typical - elapsed, 0.0)
+

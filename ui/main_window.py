@@ -50,6 +50,7 @@ class MainWindow(QMainWindow):
         self.resize(min(1400, screen.width()), min(900, screen.height()))
         self.banner_note = ""  # a passing word for the banner's second line (where an export went)
         self.batch_summary = ""  # the last batch's summary, under the banner until the next one starts
+        self._batch_seconds = 0.0
         self._needs: tuple[str, ...] = ()  # ports that need a hand, as the title and tab badge show them
 
         for key in settings.order:  # remembered locations show as tiles before any board does
@@ -86,8 +87,8 @@ class MainWindow(QMainWindow):
         self.lot_edit = QLineEdit()
         self.lot_edit.setObjectName("lotEdit")
         self.lot_edit.setPlaceholderText("scan or type the lot, Enter")
-        self.lot_edit.setMinimumWidth(140)
-        self.lot_edit.setMaximumWidth(240)
+        self.lot_edit.setMinimumWidth(130)
+        self.lot_edit.setMaximumWidth(200)
         self.lot_edit.setToolTip("Lot / batch label recorded with every board. A barcode scanner types here and "
                                  "ends with Enter. Ctrl+L jumps here.")
         bar.addWidget(self.lot_edit)
@@ -139,6 +140,7 @@ class MainWindow(QMainWindow):
         # the profile, large: its name, then what it does; the check of what Start writes is one click away
         self.profile_title = QLabel()
         self.profile_title.setObjectName("profileTitle")
+        self.profile_title.setWordWrap(True)  # a long name takes two lines rather than widen the window
         self.summary_label = QLabel()
         self.summary_label.setObjectName("profileSummary")
         self.summary_label.setWordWrap(True)
@@ -268,7 +270,8 @@ class MainWindow(QMainWindow):
     def _refresh_profiles(self) -> None:
         c = self.controller
         name = c.profile.name if c.profile is not None else "none chosen"
-        self.profile_button.setText(f"Profile: {name}  ▾")
+        fm = self.profile_button.fontMetrics()  # a long name is cut short here; the banner shows it whole
+        self.profile_button.setText(f"Profile: {fm.elidedText(name, Qt.TextElideMode.ElideRight, 230)}  ▾")
 
     def _fill_profile_menu(self) -> None:
         menu = self.profile_menu
@@ -344,7 +347,7 @@ class MainWindow(QMainWindow):
 
     def _profile_words(self) -> str:
         p = self.controller.profile
-        words = [p.summary().split(": ", 1)[-1]]
+        words = [p.summary().removeprefix(f"{p.name}: ")]
         if p.identity:
             words.append("a certificate per board")
         if p.cloud:
@@ -655,6 +658,7 @@ class MainWindow(QMainWindow):
 
     def _batch_done(self, *_args) -> None:
         self._progress_timer.stop()
+        self._batch_seconds = max(0.0, time.monotonic() - self.bridge.batch_started)
         self.batch_summary = self.summary_words()
         self._sync()
 
@@ -676,7 +680,7 @@ class MainWindow(QMainWindow):
             text += f" · {pending} pending registration"
         if b.board_seconds:
             text += f" · {clock(sum(b.board_seconds) / len(b.board_seconds))} per board"
-            text += f" · {clock(max(0.0, time.monotonic() - b.batch_started))} in all"
+            text += f" · {clock(self._batch_seconds)} in all"
         return text
 
     def _update_progress(self) -> None:
@@ -726,6 +730,8 @@ class MainWindow(QMainWindow):
         self.failed_label.setText(f"✘ {failed_n}\nfailed")
         self.pending_label.setText(f"☁ {pending}\npending")
         self.pending_label.setVisible(self.bridge.registering or pending > 0)
+        if self.batch_summary and idle:  # registrations confirmed after the batch show in its summary too
+            self.batch_summary = self.summary_words()
         self._update_progress()
         self._update_banner()
 

@@ -155,7 +155,7 @@ class PortTile(QWidget):
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
-        unit = min(h, w * 0.72)  # type scales with the tile, bounded by its width
+        unit = min(h, w * 0.8)  # type scales with the tile, bounded by its width
         border = max(3.0, unit * 0.022)
         outer = QRectF(3, 3, w - 6, h - 6)
         radius = max(6.0, unit * 0.05)
@@ -282,7 +282,7 @@ class PortTile(QWidget):
             if cloud:
                 tail += f" · {cloud}"
             if not s.present:
-                tail += " · board pulled"
+                tail += " · firmware running" if s.leaves_bus else " · board pulled"
             elif self._armed(s.key) == "armed":
                 tail += " · unplug the board"
             p.setFont(_font(unit * 0.075))
@@ -322,15 +322,17 @@ class PortTile(QWidget):
         s = self.state
         y = self._paint_board(p, r, unit, text)
         # the step, big
-        p.setFont(_font(unit * 0.095, bold=True))
+        p.setFont(_font(unit * 0.09, bold=True))
         fm = QFontMetricsF(p.font())
         step = QRectF(r.left(), y + unit * 0.02, r.width(), fm.height())
         p.setPen(text)
         label = self.headline() + (f" (try {s.attempt})" if s.attempt > 1 else "")
         p.drawText(step, Qt.AlignmentFlag.AlignLeft, fm.elidedText(label, Qt.TextElideMode.ElideRight, r.width()))
-        # the bar: this step's transfer, or a thin step-count bar when nothing is moving
-        bar_h = max(12.0, unit * 0.11)
-        bar = QRectF(r.left(), step.bottom() + unit * 0.03, r.width(), bar_h)
+        # the bar: this step's transfer, or a step-count bar when nothing is moving; it takes the room there is
+        foot_h = QFontMetricsF(_font(unit * 0.072)).height()
+        room = r.bottom() - step.bottom() - foot_h - unit * 0.06
+        bar_h = max(12.0, min(unit * 0.2, room * 0.6))
+        bar = QRectF(r.left(), step.bottom() + max(unit * 0.03, (room - bar_h) / 2), r.width(), bar_h)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(theme.PROGRESS_TRACK))
         p.drawRoundedRect(bar, bar_h / 3, bar_h / 3)
@@ -355,7 +357,7 @@ class PortTile(QWidget):
         # speed · ETA on the left, the clock on the right
         p.setFont(_font(unit * 0.072))
         fm = QFontMetricsF(p.font())
-        foot = QRectF(r.left(), bar.bottom() + unit * 0.03, r.width(), fm.height())
+        foot = QRectF(r.left(), max(bar.bottom() + unit * 0.03, r.bottom() - fm.height()), r.width(), fm.height())
         p.setPen(muted)
         if s.total and s.rate > 0:
             eta = s.eta()
@@ -573,13 +575,12 @@ class Legend(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         row = QHBoxLayout(self)
-        row.setContentsMargins(6, 2, 6, 2)
-        row.setSpacing(14)
+        row.setContentsMargins(4, 2, 4, 2)
+        row.setSpacing(5)
         for phase in theme.LEGEND:
             sw = theme.SWATCHES[phase]
             chip = QLabel(sw.label)
             chip.setObjectName("legendChip")
             chip.setStyleSheet(f"background:{sw.fill}; color:{sw.text}; border:3px solid {sw.border};"
-                               f"border-radius:6px; padding:3px 12px; font-weight:bold;")
+                               f"border-radius:6px; padding:2px 7px; font-weight:bold; font-size:12px;")
             row.addWidget(chip)
-        row.addStretch(1)
