@@ -92,10 +92,17 @@ def test_the_banner_names_only_boards_red_now_and_agrees_with_retry_failed(stati
     assert station.settings.yields[bad] == [0, 1] and station.settings.yields[server.locations[0]] == [1, 0]
     assert "1 failed" in w.summary_line.text() and "per board" in w.summary_line.text()
 
+    asked = {k: 0 for k in server.locations}  # repaints the window asks of each tile from here on
+    for key, tile_widget in w.grid.tiles.items():
+        def counting(*args, key=key, update=tile_widget.update):
+            asked[key] += 1
+            update(*args)
+        tile_widget.update = counting
     server.unplug(2)  # pulled for rework: no longer red, nothing to retry
     qtbot.waitUntil(lambda: not b.tiles[bad].present and b.tiles[bad].phase is Phase.EMPTY)
     qtbot.waitUntil(lambda: "Take out" not in w.banner.text())
     assert not w.retry_action.isEnabled() and w.retry_action.text().endswith("Retry failed")
+    assert asked[bad] > 0 and asked[server.locations[0]] == asked[server.locations[1]] == 0  # only the one changed
 
     boards[2].faults = EspFaults()
     server.plug(2)  # reseated: not red, but Retry failed runs it

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -671,7 +672,7 @@ class MainWindow(QMainWindow):
             words.append(f"{len(b.stopped)} stopped")
         by_reason: dict[str, int] = {}
         for reason in b.reasons.values():
-            head = reason.split(" (")[0].split(": ")[0]
+            head = re.sub(r" at \d+ %$", "", reason.split(" (")[0].split(": ")[0])  # "vanished during flash"
             by_reason[head] = by_reason.get(head, 0) + 1
         text = ", ".join(words)
         if by_reason:
@@ -801,7 +802,8 @@ class MainWindow(QMainWindow):
             return f"Batch done: {passed} passed, {failed} failed (taken out). Swap the boards, then press Start " \
                    f"(F5).", "idle"
         if passed:
-            return f"Batch done: all {passed} passed. Swap the boards, then press Start (F5).", "pass"
+            return (f"Batch done: {f'all {passed}' if passed > 1 else 'the board'} passed. Swap the board"
+                    f"{'s' if passed > 1 else ''}, then press Start (F5).", "pass")
         present = sum(1 for t in b.tiles.values() if t.present)
         return ((f"{present} board{'s' if present != 1 else ''} on the hub. " if present else
                  "No boards on the hub yet. ") + "Scan the lot, press Start (F5).", "idle")

@@ -341,6 +341,9 @@ class SettingsPage(QScrollArea):
         self._setup_buttons()
 
     def refresh_ports(self) -> None:
+        self.columns.blockSignals(True)
+        self.columns.setValue(self.settings.columns)  # naming the ports by the grid fixes its columns
+        self.columns.blockSignals(False)
         self.port_table.blockSignals(True)
         self.port_table.setRowCount(len(self.settings.order))
         for r, key in enumerate(self.settings.order):
@@ -469,9 +472,6 @@ class SettingsPage(QScrollArea):
         if self.lock.locked:
             return
         self.settings.auto_name(self.settings.columns or self.grid_columns())
-        self.columns.blockSignals(True)
-        self.columns.setValue(self.settings.columns)
-        self.columns.blockSignals(False)
         self.settings.save()
         self.refresh_ports()
         self.layoutChanged.emit()

@@ -57,6 +57,13 @@ def _font_px(px: int, bold: bool, mono: bool) -> QFont:
     return font
 
 
+def _fitted(px: float, words: str, width: float) -> QFont:
+    """A bold font of about `px` for the tile's big word, smaller if the word would be wider than `width`."""
+    font = _font(px, bold=True)
+    wide = QFontMetricsF(font).horizontalAdvance(words)
+    return font if wide <= width else _font(px * width / wide * 0.97, bold=True)
+
+
 class PortTile(QWidget):
     clicked = Signal(str)
     menuRequested = Signal(str, QPoint)
@@ -268,12 +275,12 @@ class PortTile(QWidget):
         s = self.state
         passed = s.phase is Phase.PASS
         y = self._paint_board(p, r, unit, text)
-        p.setFont(_font(unit * (0.30 if passed else 0.25), bold=True))
+        verdict = ("✔ PASS" if passed else "✘ FAIL") if unit > 150 else ("PASS" if passed else "FAIL")
+        p.setFont(_fitted(unit * (0.30 if passed else 0.25), verdict, r.width()))
         fm = QFontMetricsF(p.font())
         word = QRectF(r.left(), y, r.width(), fm.height() * 0.95)
         p.setPen(text)
-        p.drawText(word, Qt.AlignmentFlag.AlignCenter, ("✔ PASS" if passed else "✘ FAIL") if unit > 150 else
-                   ("PASS" if passed else "FAIL"))
+        p.drawText(word, Qt.AlignmentFlag.AlignCenter, verdict)
         rest = QRectF(r.left(), word.bottom(), r.width(), r.bottom() - word.bottom())
         if passed:
             tail = f"{clock(s.elapsed())}"
@@ -296,17 +303,18 @@ class PortTile(QWidget):
 
     def _paint_stopped(self, p: QPainter, r: QRectF, unit: float, text: QColor, muted: QColor) -> None:
         y = self._paint_board(p, r, unit, text)
-        p.setFont(_font(unit * 0.2, bold=True))
+        stopped = "■ Stopped" if unit > 150 else "Stopped"
+        p.setFont(_fitted(unit * 0.2, stopped, r.width()))
         fm = QFontMetricsF(p.font())
         word = QRectF(r.left(), y, r.width(), fm.height())
         p.setPen(text)
-        p.drawText(word, Qt.AlignmentFlag.AlignCenter, "■ Stopped" if unit > 150 else "Stopped")
+        p.drawText(word, Qt.AlignmentFlag.AlignCenter, stopped)
         rest = QRectF(r.left(), word.bottom(), r.width(), r.bottom() - word.bottom())
         self._wrapped(p, rest, "Not a fault: Retry failed finishes it", unit * 0.07, muted, lines=2)
 
     def _paint_operator(self, p: QPainter, r: QRectF, unit: float, text: QColor, muted: QColor) -> None:
         s = self.state
-        p.setFont(_font(unit * 0.16, bold=True))
+        p.setFont(_fitted(unit * 0.16, "⚠ NEEDS YOU", r.width()))
         fm = QFontMetricsF(p.font())
         top = QRectF(r.left(), r.top(), r.width(), fm.height())
         p.setPen(text)
@@ -371,11 +379,12 @@ class PortTile(QWidget):
 
     def _paint_idle(self, p: QPainter, r: QRectF, unit: float, text: QColor, muted: QColor) -> None:
         s = self.state
-        p.setFont(_font(unit * 0.14, bold=True))
+        word = "Ready" if s.phase is Phase.IDLE else "Empty"
+        p.setFont(_fitted(unit * 0.14, word, r.width()))
         fm = QFontMetricsF(p.font())
         mid = QRectF(r.left(), r.top() + r.height() * 0.18, r.width(), fm.height())
         p.setPen(text)
-        p.drawText(mid, Qt.AlignmentFlag.AlignCenter, "Ready" if s.phase is Phase.IDLE else "Empty")
+        p.drawText(mid, Qt.AlignmentFlag.AlignCenter, word)
         lines = []
         if s.phase is Phase.IDLE:
             lines.append(s.usb_description or "board detected")
