@@ -302,3 +302,23 @@ def test_the_supervisor_resets_the_per_port_counters_and_exports_say_where_they_
     out = tmp_path / "out.csv"
     assert arun(w.history.export_to(out, "csv")) == 1
     assert str(out) in w.banner.text()
+
+
+def test_the_batch_bar_says_how_far_the_batch_is_and_an_eta_only_once_it_has_one(qtbot):
+    from station import events as ev
+    from ui.bridge import EngineBridge
+
+    b = EngineBridge()
+    steps = ("detect", "flash", "verify", "reset")
+    b(ev.BatchStarted("b1", "p", "batch", ("k1", "k2")))
+    b(ev.DeviceStarted("k1", "d1", steps))
+    b(ev.DeviceStarted("k2", "d2", steps))
+    start = b.tiles["k1"].started
+    b(ev.StepStarted("k1", "flash", 1))
+    b(ev.Progress("k1", "flash", 50, 100, 1000.0))  # k1: 1.5 of 4 steps
+    b(ev.StepStarted("k2", "detect", 0))
+    assert b.batch_progress(start + 6) == (0, 2, (0.375 + 0.0) / 2, None)  # k2 gives no estimate yet
+    b(ev.DeviceDone("k2", "d2", True, "", 10.0))
+    done, total, fraction, left = b.batch_progress(start + 6)
+    assert (done, total, fraction) == (1, 2, (0.375 + 1) / 2)
+    assert left == 6 * (1 - 0.375) / 0.375  # k1's own pace (10 s) beats a finished board's 10 - 6

@@ -287,11 +287,12 @@ class EngineBridge(QObject):
         if not ports:
             return 0, 0, 0.0, None
         fraction = sum(1.0 if k in self.results else self.tiles[k].fraction() for k in ports) / len(ports)
-        if not self.board_seconds:
-            return finished, len(ports), fraction, None
-        typical = sum(self.board_seconds) / len(self.board_seconds)
+        typical = sum(self.board_seconds) / len(self.board_seconds) if self.board_seconds else None
         running = [self.tiles[k] for k in ports if k not in self.results and self.tiles[k].busy]
-        return finished, len(ports), fraction, max((_time_left(t, typical, now) for t in running), default=0.0)
+        lefts = [left for t in running if (left := _time_left(t, typical, now)) is not None]
+        if running and len(lefts) < len(running):  # a board with no estimate yet: no honest ETA either
+            return finished, len(ports), fraction, None
+        return finished, len(ports), fraction, max(lefts, default=0.0)
 
     # --- log ---------------------------------------------------------------------------------------------------
 
@@ -318,10 +319,13 @@ class EngineBridge(QObject):
         self._line(key, level, text)
 
 
-def _time_left(tile: TileState, typical: float, now: float) -> float:
-    """A running board's time to go: from its own pace through its steps once it is a tenth of the way, else
-    what a finished board of this batch took (boards of other families may be much faster: the larger wins)."""
+def _time_left(tile: TileState, typical: float | None, now: float) -> float | None:
+    """A running board's time to go: from its own pace through its steps once it is a tenth of the way, and
+    what a finished board of this batch took (boards of other families may be much faster: the larger wins).
+    None while there is neither."""
     elapsed, done = tile.elapsed(now), tile.fraction()
-    own = elapsed * (1 - done) / done if done >= 0.1 else 0.0
-    return max(own, typical - elapsed, 0.0)
+    estimates = [elapsed * (1 - done) / done] if done >= 0.1 else []
+    if typical is not None:
+        estimates.append(typical - elapsed)
+    return max(0.0, *estimates) if estimates else None
 

@@ -690,7 +690,7 @@ class MainWindow(QMainWindow):
         self.batch_bar.setVisible(running)
         if running:
             self.batch_bar.setValue(int(fraction * 1000))
-            eta = f" · about {clock(left)} left" if left is not None else " · time left: after the first board"
+            eta = f" · about {clock(left)} left" if left is not None else " · time left: soon known"
             self.batch_bar.setFormat(f"Batch: {done} of {total} boards done · {int(fraction * 100)} %" + eta)
         self.summary_line.setText(self.batch_summary)
         self.summary_line.setVisible(bool(self.batch_summary) and self.controller.mode == IDLE)

@@ -87,7 +87,7 @@ def fill(argv: list[str]) -> int:
         await c.start_batch()
         if prompt is not None:
             await until(lambda: b.tiles[server.locations[prompt]].phase is Phase.OPERATOR, 60)
-        await until(lambda: b.batch_progress()[0] >= max(1, boards // 3), 120)
+        await until(lambda: b.batch_progress()[0] >= boards // 3 and any(t.total for t in b.tiles.values()), 120)
         await asyncio.sleep(0.4)
         save("mid-batch")
         await until(lambda: not c.busy, 300)

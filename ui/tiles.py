@@ -339,7 +339,7 @@ class PortTile(QWidget):
         # the bar: this step's transfer, or a step-count bar when nothing is moving; it takes the room there is
         foot_h = QFontMetricsF(_font(unit * 0.072)).height()
         room = r.bottom() - step.bottom() - foot_h - unit * 0.06
-        bar_h = max(12.0, min(unit * 0.2, room * 0.6))
+        bar_h = max(12.0, min(unit * 0.2, room * 0.6, 56.0))
         bar = QRectF(r.left(), step.bottom() + max(unit * 0.03, (room - bar_h) / 2), r.width(), bar_h)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(theme.PROGRESS_TRACK))
