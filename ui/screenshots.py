@@ -63,6 +63,7 @@ def fill(argv: list[str]) -> int:
         station = Station(Path(work.name) / "data", hub.sources(), profile=PROFILES_DIR / "demo-mixed.toml",
                           operator="alice", station_id="bench-1-demo", title_suffix=" — demo (emulated boards)")
         station.harness = DemoHarness(station, server, prompt, hub)
+        station.harness.delay = 10.0  # the scripted operator takes their time: the prompt is in the mid-batch shot
         configure_demo(station)
         station.window.resize(width, height)
         prepare_layout(station, hub.locations)
