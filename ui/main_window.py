@@ -11,7 +11,7 @@ from PySide6.QtCore import QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow, QMenu, QMessageBox, QProgressBar,
-    QPushButton, QSizePolicy, QSplitter, QTabWidget, QToolBar, QToolButton, QVBoxLayout, QWidget,
+    QPushButton, QSizePolicy, QSplitter, QStackedWidget, QTabWidget, QToolBar, QToolButton, QVBoxLayout, QWidget,
 )
 
 from station.journal import Journal
@@ -186,13 +186,15 @@ class MainWindow(QMainWindow):
         self.batch_bar = QProgressBar()  # the whole batch: boards done, and an ETA once one has finished
         self.batch_bar.setObjectName("batchProgress")
         self.batch_bar.setRange(0, 1000)
-        self.batch_bar.setVisible(False)
-        self.summary_line = QLabel()  # the last batch in a line, until the next starts
+        self.summary_line = QLabel()  # the last batch in a line or two, until the next starts
         self.summary_line.setObjectName("batchSummary")
         self.summary_line.setWordWrap(True)
-        self.summary_line.setVisible(False)
-        col.addWidget(self.batch_bar)
-        col.addWidget(self.summary_line)
+        # one slot of fixed height for either: the grid below does not move when a batch starts or ends
+        self.below_banner = QStackedWidget()
+        for page in (QWidget(), self.batch_bar, self.summary_line):
+            self.below_banner.addWidget(page)
+        self.below_banner.setFixedHeight(36)
+        col.addWidget(self.below_banner)
         self.grid = TileGrid(self.bridge, lambda: self.settings.order, self.settings.name, self._armed_state,
                              lambda: self.settings.columns, lambda key: self.settings.yields.get(key))
         self.grid.setObjectName("tileGrid")
@@ -687,13 +689,13 @@ class MainWindow(QMainWindow):
     def _update_progress(self) -> None:
         done, total, fraction, left = self.bridge.batch_progress()
         running = self.controller.mode in (BATCH, STARTING) and total > 0
-        self.batch_bar.setVisible(running)
         if running:
             self.batch_bar.setValue(int(fraction * 1000))
             eta = f" · about {clock(left)} left" if left is not None else " · time left: soon known"
             self.batch_bar.setFormat(f"Batch: {done} of {total} boards done · {int(fraction * 100)} %" + eta)
         self.summary_line.setText(self.batch_summary)
-        self.summary_line.setVisible(bool(self.batch_summary) and self.controller.mode == IDLE)
+        shown = self.batch_bar if running else self.summary_line if self.batch_summary else None
+        self.below_banner.setCurrentIndex(self.below_banner.indexOf(shown) if shown is not None else 0)
 
     def _show_needs(self) -> None:
         """A board that waits for a hand shows on every tab: the Ports tab's badge and the window title."""
