@@ -291,6 +291,18 @@ def test_the_supervisor_resets_the_per_port_counters_and_exports_say_where_they_
     w.start_clicked()
     qtbot.waitUntil(lambda: finished(station, [key]) and station.bridge.batch_id != "", timeout=45_000)
     assert station.settings.yields[key] == [1, 0]
+    ok, words = arun(station.ca_status())  # the CA as a person checks it: subject and fingerprint
+    assert ok and "CN=UI floor test" in words and "SHA-256" in words and "StationCA" not in words
+
+    from PySide6.QtWidgets import QMessageBox
+    shown = []
+    monkeypatch.setattr(QMessageBox, "exec", lambda box: shown.append(
+        [b.text() for b in box.buttons()] + [box.informativeText()]))
+    w.ask = True
+    w.start_clicked()  # the board that passed is still there: asked, and "again" says what it costs
+    w.ask = False
+    assert any("voids their certificates" in t for t in shown[0]) and "voids the certificates" in shown[0][-1]
+    assert not station.controller.busy  # nothing chosen, nothing started
     assert "✔1 ✘0" in w.grid.tiles[key]._tooltip() or "1 passed, 0 failed" in w.grid.tiles[key]._tooltip()
     arun(page.set_supervisor("pass phrase 1", "pass phrase 1", None))
     page.lock_station()
