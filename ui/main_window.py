@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
 
 from station.journal import Journal
 from ui.bridge import EngineBridge
-from ui.advice import next_step
 from ui.controller import BATCH, IDLE, ONE_TOUCH, STARTING, StationController
 from ui.history import HistoryPage
 from ui.lock import SupervisorLock
