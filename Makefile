@@ -33,11 +33,14 @@ demo: setup
 		$(VENV)/bin/station demo --headless; \
 	fi
 
-# The window's main states as PNG (screenshots/, git-ignored); the batch-done one becomes docs/screenshot.png.
+# The window's main states as PNG (screenshots/, git-ignored), then a full screen of 24 boards at 1600x1000
+# and of 16 at 1280x800, mid-batch and done, into docs/screenshots/; 24 at 1600x1000 done is docs/screenshot.png.
 screenshots: setup
-	mkdir -p screenshots
+	mkdir -p screenshots docs/screenshots
 	$(GUI_ENV) $(XVFB) $(PY) -m ui.screenshots screenshots
-	cp screenshots/03-batch-done.png docs/screenshot.png
+	$(GUI_ENV) xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m ui.screenshots docs/screenshots --size 1600x1000 --boards 24
+	$(GUI_ENV) xvfb-run -a -s "-screen 0 1280x800x24" $(PY) -m ui.screenshots docs/screenshots --size 1280x800 --boards 16
+	cp docs/screenshots/24-boards-1600x1000-done.png docs/screenshot.png
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

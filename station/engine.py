@@ -290,12 +290,13 @@ class Engine:
         finally:
             session.close()
             self._sessions.pop(key, None)
-        await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
+        queued = await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
         if result is Result.PASS:
             summary.passed.append(key)
         else:
             summary.failed[key] = reason
-        self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started))
+        self._publish(ev.DeviceDone(key, device_id, result is Result.PASS, reason, time.monotonic() - started,
+                                    interrupted=result is Result.INTERRUPTED, registering=queued))
 
     def _not_in_profile(self, port: PortInfo) -> Step:
         """A board of a family the profile has no firmware for is refused at once, in plain words."""
@@ -307,12 +308,13 @@ class Engine:
 
         return Step("detect", "Detecting", refuse, identifies=True)
 
-    def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> None:
+    def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> bool:
         """The device's last journal entries: a failed board's certificate is voided first; a passed board's
-        registration is put in the outbox (durably) before the board is reported done."""
+        registration is put in the outbox (durably) before the board is reported done. True if it was."""
         if ctx.payloads is not None:
             concurrent.futures.wait([ctx.payloads])  # a certificate issued beside a failed flash must be voided too
         plan = ctx.identity
+        queued = False
         if plan is not None and plan.record:
             if result is not Result.PASS:
                 assert self.ledger is not None
@@ -324,7 +326,9 @@ class Engine:
                     topic_prefix=self.profile.cloud.topic_prefix,
                     facts={"subject_serial": plan.subject_serial, **plan.facts})
                 self.outbox.enqueue(ctx.device_id, self.profile.cloud.registrar, registration)
+                queued = True
         self.journal.end_device(ctx.device_id, result, reason)
+        return queued
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
         policy = self.profile.steps[step.name]

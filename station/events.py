@@ -90,6 +90,8 @@ class DeviceDone:
     ok: bool
     reason: str  # "" on pass; plain words on failure ("Board vanished during flash at 62 %")
     seconds: float
+    interrupted: bool = False  # stopped by the operator (or the station closing): not a board fault
+    registering: bool = False  # its registration waits in the outbox (RegistrationChanged follows)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,29 @@ class Profile:
             parts.append(f"Wi-Fi '{self.wifi.ssid}'")
         return ", ".join(parts)
 
+    def plan(self) -> list[str]:
+        """What a run writes where, for a person to check before Start: images by chip, Wi-Fi, identity, cloud."""
+        from station.families import family_of_chip
+
+        lines = [f"Profile {self.name} ({self.path.name}, SHA-256 {self.sha256[:16]}…)"]
+        for chip, fw in self.firmware.items():
+            lines.append(f"{chip}:")
+            lines += [f"  {line}" for line in family_of_chip(chip).describe_firmware(fw)]
+        lines.append(f"Wi-Fi: network '{self.wifi.ssid}', passphrase from "
+                     f"{'the environment' if self.wifi.psk_env else 'the keyring'}" if self.wifi else "Wi-Fi: none")
+        if self.identity:
+            cert = self.identity.certificate
+            lines.append(f"Identity: a {cert.key_type} key made on the {cert.key_origin}, certificate "
+                         f"'{cert.serial_template}' signed by the station CA")
+        else:
+            lines.append("Identity: none")
+        if self.cloud:
+            lines.append(f"Cloud: registered with {self.cloud.registrar}" + (f" at {self.cloud.url}" if self.cloud.url
+                                                                              else ""))
+        else:
+            lines.append("Cloud: none")
+        return lines
+
 
 class Table:
     """One TOML table being validated: remembers where it is so errors can say so."""

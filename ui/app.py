@@ -47,6 +47,13 @@ UI_THREADS = 16  # journal reads, profile loads, keyring, exports: never more th
 GIL_SWITCH_INTERVAL_S = 0.002
 
 
+def ca_words(ca) -> str:
+    """A CA as a person checks it: the issuing certificate's subject and SHA-256 fingerprint (start of)."""
+    from station.identity.ca import subject_text
+
+    return f"{subject_text(ca.issuing.subject)} · SHA-256 {ca.issuing_sha256[:16]}…"
+
+
 class Station:
     """Everything behind one window: journal, settings, lock, the bridge, the controller and the window."""
 
@@ -72,6 +79,10 @@ class Station:
         self._closed = False
         self.controller.ca_provider = self.open_station_ca
         self.controller.data_dir = self.data
+        # a CA comes from <data>/ca, or from whatever brings its own (the demo's ephemeral one)
+        self.controller.ca_exists = lambda: (self.controller.ca_provider != self.open_station_ca
+                                             or self.ca_on_disk())
+        self.window.settings_page.grid_columns = self.window.grid.columns
         self.window.history.ca_provider = self.controller.open_ca
         self.window.history.roots_provider = self.trusted_roots
         self.window.history.station_id = self.controller.station_id
@@ -105,6 +116,11 @@ class Station:
         source = SecretSource.fixed(text, "CA key passphrase", "typed in the window")
         return await loop.run_in_executor(None, lambda: services.open_station_ca(self.data, source, source))
 
+    def ca_on_disk(self) -> bool:
+        from station.identity.ca import ca_dir
+
+        return (ca_dir(self.data) / "root.crt").is_file()
+
     def trusted_roots(self) -> list:
         """Roots a manifest must chain to: the open CA's, else the one in <data>/ca (public, no passphrase)."""
         ca = self.controller.ca
@@ -130,7 +146,7 @@ class Station:
             None, lambda: StationCA.init(self.data, organization=organization or "Provisioning Station",
                                          passphrase_source=source))
         self.controller.ca = ca
-        return f"station CA created in {self.data / 'ca'} ({ca!r}); keep its passphrase safe, and a backup"
+        return f"station CA created in {self.data / 'ca'}: {ca_words(ca)}. Keep its passphrase safe, and a backup."
 
     async def cloud_up(self) -> str:
         """`station cloud up` from the window (the broker's certificate comes from the station CA)."""
@@ -176,8 +192,8 @@ class Station:
     async def ca_status(self) -> tuple[bool, str]:
         ca = self.controller.ca
         if ca is not None and getattr(ca, "is_ephemeral", False):
-            return True, (f"Ephemeral demo CA, in memory only ({ca!r}); its certificates do not trace to a lasting "
-                          f"manufacturer CA.")
+            return True, (f"Ephemeral demo CA, in memory only: {ca_words(ca)}. Its certificates do not trace to a "
+                          f"lasting manufacturer CA.")
         from station.identity.ca import describe
 
         try:
@@ -200,10 +216,10 @@ class Station:
             self.bridge.note(f"{self.settings.name(dev.port)}: the board there (batch {dev.batch_id}, "
                              f"{dev.chip or 'chip unknown'}) was interrupted last time; provision it again.",
                              "warning", None)
-        path = self.initial_profile or self.settings.profile
-        if not path or not Path(path).exists():
-            known = self.window.profile_paths()
-            path = str(known[0]) if known else None
+        path = self.initial_profile or self.settings.profile  # first run: none, the person chooses
+        if path and not Path(path).exists():
+            self.bridge.note(f"the last profile, {path}, is gone: pick one", "warning")
+            path = None
         if path:
             if await self.controller.load_profile(path):
                 self.settings.profile = path

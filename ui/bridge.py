@@ -48,6 +48,11 @@ class EngineBridge(QObject):
         self.batch_mode = ""
         self.batch_running = False
         self.results: dict[str, bool] = {}  # this batch: port -> passed (latest board on that port)
+        self.stopped: set[str] = set()  # ports of this batch whose board the operator interrupted (not failed)
+        self.reasons: dict[str, str] = {}  # this batch: port -> why its board failed (kept after it is pulled)
+        self.board_seconds: list[float] = []  # this batch: how long each finished board took
+        self.batch_ports: set[str] = set()  # the ports this batch runs (BATCH mode; one-touch adds as it goes)
+        self.batch_started = 0.0  # time.monotonic()
         self.batch_devices: set[str] = set()  # device ids started in this batch
         self.passed_devices: set[str] = set()  # device ids that passed in this batch
         self.registering = False  # the profile registers passed boards with a cloud ([cloud]; set by the controller)
@@ -117,11 +122,19 @@ class EngineBridge(QObject):
             case ev.BatchStarted():
                 if e.batch_id != self.batch_id:
                     self.results.clear()
+                    self.stopped.clear()
+                    self.reasons.clear()
+                    self.board_seconds.clear()
+                    self.batch_ports.clear()
                     self.batch_devices.clear()
                     self.passed_devices.clear()
                 self.batch_id, self.batch_mode, self.batch_running = e.batch_id, e.mode, True
+                self.batch_started = time.monotonic()
+                self.batch_ports.update(e.ports)
                 for key in e.ports:
                     self.results.pop(key, None)
+                    self.stopped.discard(key)
+                    self.reasons.pop(key, None)
                 self._line(None, "info", f"batch {e.batch_id} started ({e.mode}, {e.profile})"
                                          + (f": {len(e.ports)} boards" if e.ports else ""))
                 self.batchStarted.emit(e.batch_id, e.profile, e.mode)
@@ -136,6 +149,9 @@ class EngineBridge(QObject):
                 tile.phase = Phase.WORKING
                 tile.last_result = ""
                 self.batch_devices.add(e.device_id)
+                self.batch_ports.add(e.key)
+                self.stopped.discard(e.key)
+                self.reasons.pop(e.key, None)
                 if self.results.pop(e.key, None) is not None:
                     self.countsChanged.emit()
                 return e.key
@@ -179,7 +195,7 @@ class EngineBridge(QObject):
                 return e.key
             case ev.DeviceDone():
                 tile = self._tile(e.key)
-                tile.phase = Phase.PASS if e.ok else Phase.FAIL
+                tile.phase = Phase.PASS if e.ok else Phase.STOPPED if e.interrupted else Phase.FAIL
                 tile.reason, tile.seconds = self.redact(e.reason), e.seconds
                 tile.prompt = tile.prompt_reason = tile.retrying = ""
                 tile.clear_progress()
@@ -188,8 +204,17 @@ class EngineBridge(QObject):
                 self.results[e.key] = e.ok
                 if e.ok:
                     self.passed_devices.add(e.device_id)
-                self._line(e.key, "info" if e.ok else "error",
-                           f"{'PASS' if e.ok else 'FAIL'} in {e.seconds:.1f} s" + (f": {tile.reason}" if tile.reason
+                    if e.registering and e.device_id not in self.registrations:
+                        self.registrations[e.device_id] = tile.registration = "pending"
+                elif e.interrupted:
+                    self.stopped.add(e.key)
+                else:
+                    self.reasons[e.key] = tile.reason
+                if not e.interrupted:
+                    self.board_seconds.append(e.seconds)
+                word = "PASS" if e.ok else "STOPPED" if e.interrupted else "FAIL"
+                self._line(e.key, "info" if e.ok or e.interrupted else "error",
+                           f"{word} in {e.seconds:.1f} s" + (f": {tile.reason}" if tile.reason
                                                                                  else ""))
                 self.deviceDone.emit(e.key, e.ok, tile.reason)
                 self.countsChanged.emit()
@@ -232,17 +257,42 @@ class EngineBridge(QObject):
     @property
     def pending_registration(self) -> int:
         """Boards of this batch whose registration waits in the outbox (the cloud has not confirmed it yet).
-        A passed board is in the outbox before its DeviceDone, so with a cloud it is pending until answered."""
-        default = "pending" if self.registering else ""
-        return sum(1 for d in self.batch_devices | self.passed_devices
-                   if self.registrations.get(d, default if d in self.passed_devices else "") == "pending")
+        A passed board is in the outbox before its DeviceDone (which says so), pending until the cloud answers;
+        a board with nothing to register (no identity) is never pending."""
+        return sum(1 for d in self.batch_devices if self.registrations.get(d) == "pending")
 
     def counts(self) -> tuple[int, int, int]:
+        """Passed, failed (stopped boards are neither) and pending registration, in this batch."""
         passed = sum(1 for ok in self.results.values() if ok)
-        return passed, len(self.results) - passed, self.pending_registration
+        return passed, len(self.results) - passed - len(self.stopped), self.pending_registration
 
     def failed_ports(self) -> list[str]:
+        """Ports whose board of this batch did not pass (failed or stopped): what Retry failed runs again."""
         return [k for k, ok in self.results.items() if not ok]
+
+    def retryable_ports(self) -> list[str]:
+        """The failed and stopped boards still (or again) on the hub: the ones Retry failed will run."""
+        return [k for k in self.failed_ports() if k in self.tiles and self.tiles[k].present]
+
+    def red_ports(self) -> list[str]:
+        """The tiles that show FAIL right now (a failed board pulled, or reseated, is no longer red)."""
+        return [k for k in self.failed_ports() if self.tiles[k].phase is Phase.FAIL]
+
+    def batch_progress(self, now: float | None = None) -> tuple[int, int, float, float | None]:
+        """This batch: boards finished, boards in it, the fraction of all their steps done, and the seconds
+        left (None until a board has finished: its time is the estimate for the ones still running)."""
+        now = time.monotonic() if now is None else now
+        ports = [k for k in self.batch_ports if k in self.tiles]
+        finished = sum(1 for k in ports if k in self.results)
+        if not ports:
+            return 0, 0, 0.0, None
+        fraction = sum(1.0 if k in self.results else self.tiles[k].fraction() for k in ports) / len(ports)
+        typical = sum(self.board_seconds) / len(self.board_seconds) if self.board_seconds else None
+        running = [self.tiles[k] for k in ports if k not in self.results and self.tiles[k].busy]
+        lefts = [left for t in running if (left := _time_left(t, typical, now)) is not None]
+        if running and len(lefts) < len(running):  # a board with no estimate yet: no honest ETA either
+            return finished, len(ports), fraction, None
+        return finished, len(ports), fraction, max(lefts, default=0.0)
 
     # --- log ---------------------------------------------------------------------------------------------------
 
@@ -267,3 +317,15 @@ class EngineBridge(QObject):
     def note(self, text: str, level: str = "info", key: str | None = None) -> None:
         """A line from the window itself (not the engine): settings saved, export written, demo operator."""
         self._line(key, level, text)
+
+
+def _time_left(tile: TileState, typical: float | None, now: float) -> float | None:
+    """A running board's time to go: from its own pace through its steps once it is a tenth of the way, and
+    what a finished board of this batch took (boards of other families may be much faster: the larger wins).
+    None while there is neither."""
+    elapsed, done = tile.elapsed(now), tile.fraction()
+    estimates = [elapsed * (1 - done) / done] if done >= 0.1 else []
+    if typical is not None:
+        estimates.append(typical - elapsed)
+    return max(0.0, *estimates) if estimates else None
+

@@ -25,6 +25,9 @@ from ui.bridge import EngineBridge
 from ui.store import UiSettings
 
 IDLE, STARTING, BATCH, ONE_TOUCH = "", "starting", "batch", "one-touch"
+NOTHING_TO_RETRY = "Nothing to retry: no failed or stopped board of this batch is on the hub."
+NO_ALLOWED_PORT = ("One-touch needs an allowed port: right-click a tile and tick \"Allow one-touch on this port\" "
+                   "(supervisor).")
 
 
 def needs_ca(profile: Profile | None) -> bool:
@@ -36,6 +39,7 @@ class StationController(QObject):
     modeChanged = Signal(str)
     profileChanged = Signal()
     message = Signal(str, str)  # level ("info", "warning", "error"), text
+    refused = Signal(str)  # why the last Start / one-touch / Retry did not start ("" when one did)
 
     def __init__(self, bridge: EngineBridge, journal: Journal, sources: list[PortSource], settings: UiSettings, *,
                  operator: str, station_id: str, poll_interval: float = 0.25, idle_scan_ms: int = 1000,
@@ -54,6 +58,8 @@ class StationController(QObject):
         self.mode = IDLE
         self.lot = ""
         self.last_summary: BatchSummary | None = None
+        self.lot_required = False  # a supervisor's setting: no batch starts without a lot
+        self.refusal = ""  # why the last start was refused, for the banner; cleared by the next start
         self._psk_tag: str | None = None  # which passphrase the engine holds (a hash; the secret stays there)
         self._task: asyncio.Future | None = None
         self._scan_task: asyncio.Future | None = None
@@ -64,6 +70,7 @@ class StationController(QObject):
         # brings an ephemeral one); None when the station has none
         self.ca = None
         self.ca_provider: Callable[[], Awaitable[object | None]] | None = None
+        self.ca_exists: Callable[[], bool] = lambda: self.ca_provider is not None  # a CA to open is there
         self.reprovision_default = False  # the demo re-provisions its boards on every run
         self.data_dir: Path | None = None  # where `station cloud up` keeps the broker's state
         self.broker = None  # a LocalBroker the caller runs (the demo's); None: the station's own
@@ -87,6 +94,38 @@ class StationController(QObject):
         self.bridge.note(text, level)
         self.message.emit(level, text)
 
+    def _refuse(self, text: str) -> None:
+        """A start that can't happen: said in the log, and held for the banner until the next start."""
+        self.bridge.note(text, "error")
+        self._set_refusal(text)
+
+    def _set_refusal(self, text: str) -> None:
+        if text != self.refusal:
+            self.refusal = text
+            self.refused.emit(text)
+
+    def blockers(self) -> list[str]:
+        """What stops a batch from starting right now, in the words the banner shows."""
+        if self.profile is None:
+            return [self.profile_error and f"Profile refused: {self.profile_error}" or
+                    "No profile chosen: pick one with Profile in the toolbar."]
+        out = []
+        if needs_ca(self.profile) and self.ca is None and not self.ca_exists():
+            out.append("This profile gives every board an identity, but the station has no CA yet.")
+        if self.lot_required and not self.lot:
+            out.append("Scan or type the lot first: the supervisor requires one for every batch.")
+        return out
+
+    def start_problems(self) -> list[str]:
+        """The blockers, and the last refusal while it still holds (an allowed port or a board to retry
+        clears theirs)."""
+        refusal = self.refusal
+        if (refusal == NO_ALLOWED_PORT and self.settings.allowed) or (refusal == NOTHING_TO_RETRY and
+                                                                       self.can_retry()):
+            refusal = ""
+        blockers = self.blockers()
+        return blockers + ([refusal] if refusal and refusal not in blockers else [])
+
     # --- profile ------------------------------------------------------------------------------------------------
 
     async def load_profile(self, path: str | Path) -> bool:
@@ -98,23 +137,30 @@ class StationController(QObject):
         try:
             profile = await loop.run_in_executor(None, load_profile, str(path))
         except ProfileError as exc:
-            self.profile_error = str(exc)
-            self.profileChanged.emit()
-            self._say("error", f"profile refused: {exc}")
-            return False
+            return await self._profile_refused(str(exc))
         except Exception as exc:  # noqa: BLE001 - a broken file must not take the window down
-            self.profile_error = f"{path}: {type(exc).__name__}: {exc}"
-            self.profileChanged.emit()
-            self._say("error", f"profile refused: {self.profile_error}")
-            return False
+            return await self._profile_refused(f"{path}: {type(exc).__name__}: {exc}")
         if self.busy:
             return False
         await self._settle_scan()
         self.profile, self.profile_path, self.profile_error = profile, str(path), ""
+        self._set_refusal("")
         self._replace_engine(None, None)
         self.profileChanged.emit()
         self.bridge.note(f"profile: {profile.summary()}")
         return True
+
+    async def _profile_refused(self, reason: str) -> bool:
+        """A refused profile leaves none loaded: the old one must not go on writing boards unnoticed."""
+        if self.busy:
+            return False
+        await self._settle_scan()
+        self.profile, self.profile_path, self.profile_error = None, "", reason
+        self._replace_engine(None, None)
+        self._set_refusal("")
+        self.profileChanged.emit()
+        self._say("error", f"profile refused: {reason}")
+        return False
 
     # --- the engine ---------------------------------------------------------------------------------------------
 
@@ -148,26 +194,28 @@ class StationController(QObject):
                 self.ca = await self.ca_provider()
             except Exception as exc:  # noqa: BLE001 - CAError & co. carry words for the operator
                 self._say("error", f"The station CA can't be opened: {exc}")
+                if self.mode == STARTING:
+                    self._set_refusal(f"The station CA can't be opened: {exc}")
                 return None
         return self.ca
 
     async def _prepare(self, reprovision: bool | None = None) -> Engine | None:
         """Read the passphrase (executor: the keyring may block), make sure the engine holds it and the CA,
         set the lot."""
-        if self.profile is None:
-            self._say("error", self.profile_error or "Pick a profile first.")
+        blockers = self.blockers()
+        if blockers:  # the banner shows them for as long as they hold
+            self._say("error", blockers[0])
             return None
         if needs_ca(self.profile) and await self.open_ca() is None:
-            if self.ca_provider is None:
-                self._say("error", "This profile gives every board an identity, but the station has no CA: set "
-                                   "one up in Settings (or run `station ca init`).")
+            self._refuse(self.refusal or "The station CA could not be opened: the boards need it for their "
+                                         "identities.")
             return None
         psk = None
         if self.profile.wifi is not None:
             try:
                 psk = await asyncio.get_running_loop().run_in_executor(None, self.resolve_psk, self.profile.wifi)
             except ProfileError as exc:
-                self._say("error", str(exc))
+                self._refuse(str(exc))
                 return None
             self.bridge.secrets.add(psk)  # so it is scrubbed from anything shown, should a tool ever echo it
         tag = hashlib.sha256(psk.encode()).hexdigest() if psk else ""
@@ -208,6 +256,7 @@ class StationController(QObject):
         `reprovision`: boards that already hold a live certificate get a new one (the old is voided)."""
         if self.busy:
             return False
+        self._set_refusal("")
         self._set_mode(STARTING)
         engine = await self._prepare(reprovision)
         if engine is None:
@@ -217,15 +266,21 @@ class StationController(QObject):
         return True
 
     async def retry_failed(self) -> bool:
+        if self.busy:
+            return False
+        self._set_refusal("")
         if not self.can_retry():
+            self._refuse(NOTHING_TO_RETRY)
+            return False
+        blockers = self.blockers()
+        if blockers:
+            self._say("error", blockers[0])
             return False
         failed = self.bridge.failed_ports()
         missing = [k for k in failed if not (k in self.bridge.tiles and self.bridge.tiles[k].present)]
         if missing:
             names = ", ".join(self.settings.name(k) for k in missing)
             self._say("warning", f"Not on the hub, so not retried: {names}. Plug the board back in to retry it.")
-        if len(missing) == len(failed):
-            return False
         self._set_mode(STARTING)
         await self._settle_scan()
         self.engine.lot = self.lot
@@ -235,9 +290,9 @@ class StationController(QObject):
     async def arm_one_touch(self) -> bool:
         if self.busy:
             return False
+        self._set_refusal("")
         if not self.settings.allowed:
-            self._say("warning", "No port is allowed for one-touch yet: right-click a tile and tick "
-                                 "\"Allow one-touch on this port\" (supervisor).")
+            self._refuse(NO_ALLOWED_PORT)
             return False
         self._set_mode(STARTING)
         engine = await self._prepare()
@@ -251,7 +306,7 @@ class StationController(QObject):
 
     def can_retry(self) -> bool:
         return not self.busy and self.engine is not None and self.engine is self._batch_engine \
-            and bool(self.bridge.failed_ports())
+            and bool(self.bridge.retryable_ports())
 
     def _run(self, coro, mode: str) -> None:
         self._batch_engine = self.engine

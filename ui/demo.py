@@ -28,6 +28,7 @@ from station.families.esp.sim.board import EspFaults
 from station.families.esp.sim.server import EspSimServer
 from station.sim.demo_hub import DemoHub
 from ui.app import Station, run
+from ui.tiles import fit_columns
 
 PROMPT_DELAY_S = 3.0
 
@@ -130,14 +131,16 @@ def configure_demo(station: Station) -> None:
 
 
 def prepare_layout(station: Station, locations: list[str]) -> None:
-    """First demo run: name the emulated hub's ports A1..B4 and allow two of them for one-touch."""
+    """First demo run: name the emulated hub's ports by row and column (A1, A2 … B1 …) and allow two of them
+    for one-touch."""
     settings = station.settings
     changed = False
     for key in locations:
         changed |= settings.add_port(key)
         station.bridge.ensure_tile(key)
-    if not settings.names:
-        settings.auto_name(settings.columns or 4)
+    if not settings.names:  # named as the grid will show them in this window, which then keeps that many columns
+        w = station.window  # not laid out yet: the grid gets about this share of it
+        settings.auto_name(settings.columns or fit_columns(len(locations), w.width() - 24, w.height() * 0.55))
         settings.allowed.update(locations[:2])
         changed = True
     if changed:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -9,8 +10,8 @@ from typing import Callable
 from PySide6.QtCore import QPoint, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow, QMenu, QMessageBox,
-    QSizePolicy, QSplitter, QTabWidget, QToolBar, QToolButton, QVBoxLayout, QWidget,
+    QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow, QMenu, QMessageBox, QProgressBar,
+    QPushButton, QSizePolicy, QSplitter, QStackedWidget, QTabWidget, QToolBar, QToolButton, QVBoxLayout, QWidget,
 )
 
 from station.journal import Journal
@@ -22,11 +23,12 @@ from ui.lock import SupervisorLock
 from ui.logpane import LogPane, format_line
 from ui.settings_page import SettingsPage
 from ui.sound import Sounds
-from ui.state import Phase
+from ui.state import Phase, clock
 from ui.store import UiSettings
 from ui.tiles import Legend, TileGrid
 
-OPEN_OTHER = "__open__"
+TITLE = "Provisioning station"
+NO_CA = "This profile gives every board an identity, but the station has no CA yet."
 
 
 class MainWindow(QMainWindow):
@@ -41,9 +43,16 @@ class MainWindow(QMainWindow):
         self.tile_actions: list[Callable[[str, QMenu], None]] = []  # hooks that add to a tile's menu (the demo's)
         self.sounds = Sounds(self)
         self.sounds.enabled = settings.sound
+        self.sounds.prompts = settings.prompt_sound
         self.setObjectName("mainWindow")
-        self.setWindowTitle("Provisioning station" + title_suffix)
-        self.resize(1400, 900)
+        self.title_suffix = title_suffix
+        self.setWindowTitle(TITLE + title_suffix)
+        screen = QGuiApplication.primaryScreen().availableGeometry()
+        self.resize(min(1400, screen.width()), min(900, screen.height()))
+        self.banner_note = ""  # a passing word for the banner's second line (where an export went)
+        self.batch_summary = ""  # the last batch's summary, under the banner until the next one starts
+        self._batch_seconds = 0.0
+        self._needs: tuple[str, ...] = ()  # ports that need a hand, as the title and tab badge show them
 
         for key in settings.order:  # remembered locations show as tiles before any board does
             bridge.ensure_tile(key)
@@ -66,18 +75,21 @@ class MainWindow(QMainWindow):
         self.addToolBar(bar)
         self.toolbar = bar
 
-        bar.addWidget(QLabel(" Profile "))
-        self.profile_box = QComboBox()
-        self.profile_box.setObjectName("profileBox")
-        self.profile_box.setMinimumWidth(240)
-        self.profile_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        bar.addWidget(self.profile_box)
-        bar.addWidget(QLabel("  Lot "))
+        # a menu behind a button, not a combo box: no key press or wheel turn can switch the profile
+        self.profile_button = QToolButton()
+        self.profile_button.setObjectName("profileButton")
+        self.profile_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.profile_menu = QMenu(self.profile_button)
+        self.profile_menu.aboutToShow.connect(self._fill_profile_menu)
+        self.profile_button.setMenu(self.profile_menu)
+        self.profile_button.setToolTip("Change the profile (asks first when boards are on the hub)")
+        bar.addWidget(self.profile_button)
+        bar.addWidget(QLabel(" Lot "))
         self.lot_edit = QLineEdit()
         self.lot_edit.setObjectName("lotEdit")
         self.lot_edit.setPlaceholderText("scan or type the lot, Enter")
-        self.lot_edit.setMinimumWidth(180)
-        self.lot_edit.setMaximumWidth(260)
+        self.lot_edit.setMinimumWidth(130)
+        self.lot_edit.setMaximumWidth(200)
         self.lot_edit.setToolTip("Lot / batch label recorded with every board. A barcode scanner types here and "
                                  "ends with Enter. Ctrl+L jumps here.")
         bar.addWidget(self.lot_edit)
@@ -85,8 +97,11 @@ class MainWindow(QMainWindow):
 
         self.start_action = QAction("▶  Start batch", self)
         self.start_action.setObjectName("startAction")
-        self.start_action.setShortcuts([QKeySequence(Qt.Key.Key_F5), QKeySequence("Ctrl+Return")])
-        self.start_action.setToolTip("Provision every board on the hub (F5)")
+        self.start_action.setToolTip("Provision every board on the hub (F5 on the Ports tab)")
+        # the keys start a batch only where the tiles are in view (see _start_key)
+        self.start_key = QAction(self)
+        self.start_key.setShortcuts([QKeySequence(Qt.Key.Key_F5), QKeySequence("Ctrl+Return")])
+        self.addAction(self.start_key)
         self.stop_action = QAction("■  Stop", self)
         self.stop_action.setObjectName("stopAction")
         # not Esc: people press Esc to dismiss things, and a stray Stop interrupts every board
@@ -95,7 +110,8 @@ class MainWindow(QMainWindow):
         self.retry_action = QAction("↻  Retry failed", self)
         self.retry_action.setObjectName("retryAction")
         self.retry_action.setShortcut(QKeySequence("Ctrl+R"))
-        self.retry_action.setToolTip("Run the failed boards of this batch again (Ctrl+R)")
+        self.retry_action.setToolTip("Run the failed and stopped boards of this batch that are on the hub again "
+                                     "(Ctrl+R)")
         for action in (self.start_action, self.stop_action, self.retry_action):
             bar.addAction(action)
             bar.widgetForAction(action).setObjectName(action.objectName() + "Button")
@@ -122,17 +138,33 @@ class MainWindow(QMainWindow):
         ports = QWidget()
         col = QVBoxLayout(ports)
         col.setContentsMargins(8, 6, 8, 6)
+        # the profile, large: its name, then what it does; the check of what Start writes is one click away
+        self.profile_title = QLabel()
+        self.profile_title.setObjectName("profileTitle")
+        self.profile_title.setWordWrap(True)  # a long name takes two lines rather than widen the window
         self.summary_label = QLabel()
         self.summary_label.setObjectName("profileSummary")
         self.summary_label.setWordWrap(True)
+        self.check_button = QPushButton("What Start writes…")
+        self.check_button.setObjectName("checkButton")
+        self.check_button.setToolTip("Images, addresses, hashes, identity and cloud of this profile, before Start")
+        names = QVBoxLayout()
+        names.setSpacing(0)
+        names.addWidget(self.profile_title)
+        names.addWidget(self.summary_label)
+        top = QHBoxLayout()
+        top.addLayout(names, 1)
+        top.addWidget(self.check_button)
+        top.addWidget(Legend())
+        col.addLayout(top)
         self.banner = QLabel()
         self.banner.setObjectName("banner")
         self.banner.setWordWrap(True)
         self.banner.setAlignment(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft)
-        top = QHBoxLayout()
-        top.addWidget(self.summary_label, 1)
-        top.addWidget(Legend())
-        col.addLayout(top)
+        self.banner.setMinimumWidth(200)
+        self.fix_button = QPushButton("Set up the CA…")  # beside a blocker it can fix
+        self.fix_button.setObjectName("fixButton")
+        self.fix_button.setVisible(False)
         self.passed_label = QLabel()
         self.passed_label.setObjectName("passedCount")
         self.passed_label.setToolTip("Boards that passed in this batch")
@@ -146,12 +178,25 @@ class MainWindow(QMainWindow):
                                       "also after a restart.")
         status = QHBoxLayout()
         status.addWidget(self.banner, 1)
+        status.addWidget(self.fix_button)
         for label in (self.passed_label, self.failed_label, self.pending_label):
             label.setAlignment(Qt.AlignmentFlag.AlignCenter)
             status.addWidget(label)
         col.addLayout(status)
+        self.batch_bar = QProgressBar()  # the whole batch: boards done, and an ETA once one has finished
+        self.batch_bar.setObjectName("batchProgress")
+        self.batch_bar.setRange(0, 1000)
+        self.summary_line = QLabel()  # the last batch in a line or two, until the next starts
+        self.summary_line.setObjectName("batchSummary")
+        self.summary_line.setWordWrap(True)
+        # one slot of fixed height for either: the grid below does not move when a batch starts or ends
+        self.below_banner = QStackedWidget()
+        for page in (QWidget(), self.batch_bar, self.summary_line):
+            self.below_banner.addWidget(page)
+        self.below_banner.setFixedHeight(36)
+        col.addWidget(self.below_banner)
         self.grid = TileGrid(self.bridge, lambda: self.settings.order, self.settings.name, self._armed_state,
-                             lambda: self.settings.columns)
+                             lambda: self.settings.columns, lambda key: self.settings.yields.get(key))
         self.grid.setObjectName("tileGrid")
         self.log_pane = LogPane(self.bridge, self.settings.name)
         split = QSplitter(Qt.Orientation.Vertical)
@@ -159,9 +204,11 @@ class MainWindow(QMainWindow):
         split.addWidget(self.log_pane)
         split.setStretchFactor(0, 5)
         split.setStretchFactor(1, 1)
-        split.setSizes([700, 160])
+        split.setCollapsible(0, False)
+        split.setSizes([700, 120])
         col.addWidget(split, 1)
         self.tabs.addTab(ports, "Ports")
+        self.ports_page = ports
 
         self.history = HistoryPage(self.journal, self.bridge, self.settings.name)
         self.tabs.addTab(self.history, "Device history")
@@ -181,21 +228,27 @@ class MainWindow(QMainWindow):
     def _wire(self) -> None:
         c, b = self.controller, self.bridge
         self.start_action.triggered.connect(self.start_clicked)
+        self.start_key.triggered.connect(self._start_key)
         self.stop_action.triggered.connect(self.stop_clicked)
-        self.retry_action.triggered.connect(lambda: asyncio.ensure_future(c.retry_failed()))
+        self.retry_action.triggered.connect(self.retry_clicked)
         self.one_touch.toggled.connect(self._one_touch_toggled)
-        self.profile_box.activated.connect(self._profile_picked)
+        self.check_button.clicked.connect(self.show_plan)
+        self.fix_button.clicked.connect(self._fix_clicked)
         self.lot_edit.returnPressed.connect(self._lot_entered)
-        self.lot_edit.editingFinished.connect(lambda: setattr(c, "lot", self.lot_edit.text().strip()))
+        self.lot_edit.editingFinished.connect(self._lot_edited)
+        self.lot_edit.textChanged.connect(self._lot_edited)
         self.lock_button.clicked.connect(self._lock_button_clicked)
-        c.modeChanged.connect(self._sync)
+        c.modeChanged.connect(self._mode_changed)
         c.profileChanged.connect(self.show_profile_state)
         c.message.connect(self._message)
+        c.refused.connect(self._sync)
         b.tileAdded.connect(self._port_seen)
         b.countsChanged.connect(self._sync)
         # bound methods, not lambdas: Qt drops them with the window, so a bridge that outlives it can't reach it
-        b.batchDone.connect(self._sync)
+        b.batchStarted.connect(self._batch_started)
+        b.batchDone.connect(self._batch_done)
         b.deviceDone.connect(self._device_done)
+        b.promptShown.connect(self._prompt_shown)
         b.tileChanged.connect(self._tiles_changed)
         self.grid.tileClicked.connect(self.log_pane.show_port)
         self.grid.tileMenu.connect(self._tile_menu)
@@ -203,10 +256,14 @@ class MainWindow(QMainWindow):
         self.settings_page.layoutChanged.connect(self._layout_changed)
         self.settings_page.lockChanged.connect(self.apply_lock)
         self.settings_page.unlockRequested.connect(self._ask_unlock)
+        self.history.exported.connect(self._exported)
         self._banner_soon = QTimer(self)
         self._banner_soon.setSingleShot(True)
         self._banner_soon.setInterval(100)
-        self._banner_soon.timeout.connect(self._update_banner)
+        self._banner_soon.timeout.connect(self._sync)  # Retry failed follows boards pulled and reseated too
+        self._progress_timer = QTimer(self)  # the batch bar and its ETA, once a second while a batch runs
+        self._progress_timer.setInterval(1000)
+        self._progress_timer.timeout.connect(self._update_progress)
 
     # --- profiles -----------------------------------------------------------------------------------------------
 
@@ -215,64 +272,132 @@ class MainWindow(QMainWindow):
         return [e.path for e in available_profiles(self.profile_dirs) if not e.shadowed]
 
     def _refresh_profiles(self) -> None:
-        box = self.profile_box
-        box.blockSignals(True)
-        box.clear()
+        c = self.controller
+        name = c.profile.name if c.profile is not None else "none chosen"
+        fm = self.profile_button.fontMetrics()  # a long name is cut short here; the banner shows it whole
+        self.profile_button.setText(f"Profile: {fm.elidedText(name, Qt.TextElideMode.ElideRight, 230)}  ▾")
+
+    def _fill_profile_menu(self) -> None:
+        menu = self.profile_menu
+        menu.clear()
         paths = [str(p) for p in self.profile_paths()]
         current = self.controller.profile_path
         if current and current not in paths:
             paths.append(current)
         for path in paths:
-            box.addItem(Path(path).stem, path)
-            box.setItemData(box.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
-        box.addItem("Open other profile…", OPEN_OTHER)
-        index = box.findData(current) if current else -1
-        box.setCurrentIndex(index if index >= 0 else -1)
-        box.blockSignals(False)
+            action = menu.addAction(Path(path).stem)
+            action.setCheckable(True)
+            action.setChecked(path == current)
+            action.setToolTip(path)
+            action.triggered.connect(lambda _=False, p=path: self.profile_picked(p))
+        menu.addSeparator()
+        other = menu.addAction("Open other profile…")
+        other.triggered.connect(self._open_other_profile)
 
-    def _profile_picked(self, index: int) -> None:
-        data = self.profile_box.itemData(index)
-        if data == OPEN_OTHER:
-            path = None
-            if not self.lock.locked:
-                start = next(d for d in self.profile_dirs if d.is_dir())  # the shipped folder always is
-                path, _ = QFileDialog.getOpenFileName(self, "Open a profile", str(start), "Profiles (*.toml)")
-            if not path:
-                self._refresh_profiles()
-                return
-            data = path
-        asyncio.ensure_future(self.select_profile(data))
-
-    async def select_profile(self, path: str | Path) -> bool:
-        """Load a profile; refused while locked or while boards are being provisioned."""
+    def _open_other_profile(self) -> None:
         if self.lock.locked:
             self._message("warning", "Locked: only a supervisor can change the profile.")
-            self._refresh_profiles()
+            return
+        start = next(d for d in self.profile_dirs if d.is_dir())  # the shipped folder always is
+        path, _ = QFileDialog.getOpenFileName(self, "Open a profile", str(start), "Profiles (*.toml)")
+        if path:
+            self.profile_picked(path)
+
+    def profile_picked(self, path: str) -> None:
+        """A person picked a profile: with boards on the hub, ask first (a wrong profile writes wrong boards)."""
+        if path == self.controller.profile_path:
+            return
+        present = sum(1 for t in self.bridge.tiles.values() if t.present)
+        if present and self.ask and not self.confirm_profile_change(Path(path).stem, present):
+            return
+        asyncio.ensure_future(self.select_profile(path))
+
+    def confirm_profile_change(self, name: str, boards: int) -> bool:
+        answer = QMessageBox.question(
+            self, "Change the profile?",
+            f"{boards} board{'s are' if boards != 1 else ' is'} on the hub. Switch to profile '{name}'? The next "
+            f"batch writes what '{name}' says.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
+    async def select_profile(self, path: str | Path) -> bool:
+        """Load a profile; refused while locked or while boards are being provisioned. A refused profile leaves
+        none loaded."""
+        if self.lock.locked:
+            self._message("warning", "Locked: only a supervisor can change the profile.")
             return False
         ok = await self.controller.load_profile(path)
-        if ok:
-            self.settings.profile = str(path)
-            self.settings.save()
+        self.settings.profile = str(path) if ok else ""
+        self.settings.save()
         self._refresh_profiles()
         return ok
 
     def show_profile_state(self) -> None:
         c = self.controller
-        if c.profile_error:
-            self.summary_label.setText(f"⚠ {c.profile_error}")
-            self.summary_label.setProperty("error", True)
-        elif c.profile is not None:
-            self.summary_label.setText(c.profile.summary())
-            self.summary_label.setProperty("error", False)
+        if c.profile is not None:
+            self.profile_title.setText(c.profile.name)
+            self.summary_label.setText(self._profile_words())
+        elif c.profile_error:
+            self.profile_title.setText("Profile refused — nothing loaded")
+            self.summary_label.setText(c.profile_error)
         else:
-            self.summary_label.setText("No profile: pick one in the toolbar.")
-            self.summary_label.setProperty("error", True)
-        self.summary_label.style().unpolish(self.summary_label)
-        self.summary_label.style().polish(self.summary_label)
+            self.profile_title.setText("No profile chosen")
+            self.summary_label.setText("Pick one with Profile in the toolbar.")
+        self.profile_title.setProperty("error", c.profile is None)
+        self.profile_title.style().unpolish(self.profile_title)
+        self.profile_title.style().polish(self.profile_title)
+        self.check_button.setEnabled(c.profile is not None)
         self._refresh_profiles()
         self._sync()
 
+    def _profile_words(self) -> str:
+        p = self.controller.profile
+        words = [p.summary().removeprefix(f"{p.name}: ")]
+        if p.identity:
+            words.append("a certificate per board")
+        if p.cloud:
+            words.append(f"registered with {p.cloud.registrar}")
+        return " · ".join(words)
+
+    def plan_text(self) -> str:
+        c = self.controller
+        if c.profile is None:
+            return "No profile loaded."
+        lines = c.profile.plan()
+        lot = self.lot_edit.text().strip()
+        lines.append(f"Lot: {lot or '(none)'}" + ("  — required" if c.lot_required else ""))
+        present = [self.settings.name(k) for k in self.grid.order() if self.bridge.tiles[k].present]
+        lines.append(f"Boards on the hub now: {', '.join(present) or 'none'}")
+        return "\n".join(lines)
+
+    def show_plan(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, "What Start writes", self.plan_text(), parent=self)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.setStyleSheet("QLabel { font-family: 'DejaVu Sans Mono'; font-size: 13px; }")
+        box.exec()
+
     # --- commands -----------------------------------------------------------------------------------------------
+
+    def _start_key(self) -> None:
+        """F5 / Ctrl+Return: only with the tiles in view, so a key pressed on another tab starts nothing."""
+        if self.tabs.currentWidget() is self.ports_page:
+            self.start_clicked()
+        else:
+            self._message("info", "F5 starts a batch from the Ports tab (Ctrl+1).")
+
+    def retry_clicked(self) -> None:
+        self.controller.lot = self.lot_edit.text().strip()
+        asyncio.ensure_future(self.controller.retry_failed())
+
+    def _fix_clicked(self) -> None:
+        self.tabs.setCurrentWidget(self.settings_page)
+
+    def _lot_edited(self, *_args) -> None:
+        lot = self.lot_edit.text().strip()
+        if lot != self.controller.lot:
+            self.controller.lot = lot
+            if self.controller.lot_required:
+                self._update_banner()
 
     def start_clicked(self) -> None:
         if self.controller.busy:
@@ -285,8 +410,10 @@ class MainWindow(QMainWindow):
             ask = QMessageBox(QMessageBox.Icon.Question, "Boards already passed",
                               f"{names} still hold{'s' if len(done_here) == 1 else ''} a board that passed just now.",
                               parent=self)
+            ask.setInformativeText("\"All boards, again\" voids the certificates those boards hold now (everywhere: "
+                                   "ledger, records, cloud) and gives them new ones.")
             only_new = ask.addButton("Only the new boards", QMessageBox.ButtonRole.AcceptRole)
-            again = ask.addButton("All boards, again", QMessageBox.ButtonRole.DestructiveRole)
+            again = ask.addButton("All boards, again (voids their certificates)", QMessageBox.ButtonRole.DestructiveRole)
             ask.addButton(QMessageBox.StandardButton.Cancel)
             ask.setDefaultButton(only_new)
             ask.exec()
@@ -319,7 +446,7 @@ class MainWindow(QMainWindow):
 
     def _lot_entered(self) -> None:
         lot = self.lot_edit.text().strip()
-        self.controller.lot = lot
+        self._lot_edited()
         self.lot_edit.selectAll()  # the next scan replaces it
         self._message("info", f"Lot set to {lot}" if lot else "Lot cleared")
         self.bridge.note(f"lot: {lot or '(none)'}")
@@ -328,7 +455,9 @@ class MainWindow(QMainWindow):
 
     def apply_lock(self) -> None:
         locked = self.lock.locked
-        self.profile_box.setEnabled(not locked and not self.controller.busy)
+        self.profile_button.setEnabled(not locked and not self.controller.busy)
+        self.profile_button.setToolTip("Locked: only a supervisor can change the profile" if locked else
+                                       "Change the profile (asks first when boards are on the hub)")
         if not self.lock.is_set:
             self.lock_button.setText("Lock: none")
             self.lock_button.setToolTip("No supervisor passphrase set (Settings)")
@@ -444,6 +573,7 @@ class MainWindow(QMainWindow):
         self.settings.save()
         self.settings_page.refresh_ports()
         self.grid.repaint_all()
+        self._update_banner()
         return True
 
     def _move(self, key: str, delta: int) -> None:
@@ -508,11 +638,83 @@ class MainWindow(QMainWindow):
     def _message(self, level: str, text: str) -> None:
         self.statusBar().showMessage(("⚠ " if level in ("warning", "error") else "") + text, 15000)
 
-    def _device_done(self, _key: str, ok: bool, _reason: str) -> None:
+    def _device_done(self, key: str, ok: bool, _reason: str) -> None:
+        tile = self.bridge.tiles.get(key)
+        if tile is not None and tile.phase is not Phase.STOPPED:  # a stop says nothing about the port
+            self.settings.count(key, ok)
+            self.settings.save()
         self.sounds.play(ok)
+
+    def _prompt_shown(self, _key: str, _prompt: str) -> None:
+        self.sounds.prompt()
+        self._show_needs()
+
+    def _exported(self, path: str, records: int) -> None:
+        self.banner_note = f"Exported {records} record{'s' if records != 1 else ''} to {path}"
+        self._update_banner()
 
     def _tiles_changed(self, _key: str) -> None:
         self._banner_soon.start()
+
+    def _batch_started(self, *_args) -> None:
+        self.batch_summary = self.banner_note = ""
+        self._progress_timer.start()
+        self._sync()
+
+    def _batch_done(self, *_args) -> None:
+        self._progress_timer.stop()
+        self._batch_seconds = max(0.0, time.monotonic() - self.bridge.batch_started)
+        self.batch_summary = self.summary_words()
+        self._sync()
+
+    def summary_words(self) -> str:
+        """The batch that just ended in a line: how many passed, failures by reason, registrations, time."""
+        b = self.bridge
+        passed, failed, pending = b.counts()
+        words = [f"Last batch {b.batch_id}: {passed} passed", f"{failed} failed"]
+        if b.stopped:
+            words.append(f"{len(b.stopped)} stopped")
+        by_reason: dict[str, int] = {}
+        for reason in b.reasons.values():
+            head = re.sub(r" at \d+ %$", "", reason.split(" (")[0].split(": ")[0])  # "vanished during flash"
+            by_reason[head] = by_reason.get(head, 0) + 1
+        text = ", ".join(words)
+        if by_reason:
+            text += " (" + "; ".join(f"{n}× {r}" for r, n in sorted(by_reason.items(), key=lambda i: -i[1])) + ")"
+        if b.registering:
+            text += f" · {pending} pending registration"
+        if b.board_seconds:
+            text += f" · {clock(sum(b.board_seconds) / len(b.board_seconds))} per board"
+            text += f" · {clock(self._batch_seconds)} in all"
+        return text
+
+    def _update_progress(self) -> None:
+        done, total, fraction, left = self.bridge.batch_progress()
+        running = self.controller.mode in (BATCH, STARTING) and total > 0
+        if running:
+            self.batch_bar.setValue(int(fraction * 1000))
+            eta = f" · about {clock(left)} left" if left is not None else " · time left: soon known"
+            self.batch_bar.setFormat(f"Batch: {done} of {total} boards done · {int(fraction * 100)} %" + eta)
+        self.summary_line.setText(self.batch_summary)
+        shown = self.batch_bar if running else self.summary_line if self.batch_summary else None
+        self.below_banner.setCurrentIndex(self.below_banner.indexOf(shown) if shown is not None else 0)
+
+    def _show_needs(self) -> None:
+        """A board that waits for a hand shows on every tab: the Ports tab's badge and the window title."""
+        needs = tuple(k for k in self.grid.order() if self.bridge.tiles[k].phase is Phase.OPERATOR)
+        if needs == self._needs:
+            return
+        self._needs = needs
+        names = ", ".join(self.settings.name(k) for k in needs)
+        self.tabs.setTabText(0, f"Ports  ⚠ {len(needs)} NEED{'S' if len(needs) == 1 else ''} YOU" if needs
+                             else "Ports")
+        self.tabs.tabBar().setTabTextColor(0, Qt.GlobalColor.darkRed if needs else self.palette().text().color())
+        self.setWindowTitle((f"⚠ {names} NEED{'S' if len(needs) == 1 else ''} YOU — " if needs else "") + TITLE
+                            + self.title_suffix)
+
+    def _mode_changed(self, *_args) -> None:
+        self.grid.repaint_all()  # one-touch marks (armed / not armed) on every tile follow the mode
+        self._sync()
 
     def _sync(self, *_args) -> None:
         c, mode = self.controller, self.controller.mode
@@ -520,28 +722,32 @@ class MainWindow(QMainWindow):
         self.start_action.setEnabled(idle and c.profile is not None)
         self.stop_action.setEnabled(mode in (BATCH, ONE_TOUCH, STARTING))
         self.retry_action.setEnabled(c.can_retry())
-        failed = len(self.bridge.failed_ports())
-        self.retry_action.setText(f"↻  Retry failed ({failed})" if failed else "↻  Retry failed")
+        again = len(self.bridge.retryable_ports())
+        self.retry_action.setText(f"↻  Retry failed ({again})" if again else "↻  Retry failed")
         self.one_touch.setEnabled(idle or mode == ONE_TOUCH)
         self.one_touch.blockSignals(True)
         self.one_touch.setChecked(mode == ONE_TOUCH)
         self.one_touch.blockSignals(False)
         self.one_touch.setText("⚡ ONE-TOUCH ARMED" if mode == ONE_TOUCH else "One-touch: off")
-        self.profile_box.setEnabled(idle and not self.lock.locked)
+        self.profile_button.setEnabled(idle and not self.lock.locked)
         passed, failed_n, pending = self.bridge.counts()
         self.passed_label.setText(f"✔ {passed}\npassed")
         self.failed_label.setText(f"✘ {failed_n}\nfailed")
-        self.pending_label.setText(f"☁ {pending}\npending registration")
-        self.grid.repaint_all()
+        self.pending_label.setText(f"☁ {pending}\npending")
+        self.pending_label.setVisible(self.bridge.registering or pending > 0)
+        if self.batch_summary and idle:  # registrations confirmed after the batch show in its summary too
+            self.batch_summary = self.summary_words()
+        self._update_progress()
         self._update_banner()
 
     def _update_banner(self) -> None:
-        mode = self.controller.mode
+        c, mode = self.controller, self.controller.mode
         tiles = self.bridge.tiles
         passed, failed, _ = self.bridge.counts()
         busy = [k for k, t in tiles.items() if t.busy]
-        needs = [k for k, t in tiles.items() if t.phase is Phase.OPERATOR]
         name = self.settings.name
+        problems = c.start_problems() if mode == IDLE else []
+        fix = False
         if mode == ONE_TOUCH:
             allowed = [name(k) for k in self.settings.order if k in self.settings.allowed]
             text = (f"⚡ ONE-TOUCH ARMED: a board plugged into {', '.join(allowed) or 'no port'} is provisioned at "
@@ -550,26 +756,61 @@ class MainWindow(QMainWindow):
         elif mode in (BATCH, STARTING):
             text = f"Provisioning: {len(busy)} working, {passed + failed} done ({passed} passed, {failed} failed)"
             kind = "working"
-        elif failed:
-            bad = [name(k) for k in self.bridge.failed_ports()]
-            text = f"Batch done: {passed} passed, {failed} FAILED. Take out the red boards: {', '.join(bad)}."
-            kind = "fail"
-        elif passed:
-            text = f"Batch done: all {passed} passed. Swap the boards, then press Start (F5)."
-            kind = "pass"
+        elif problems:
+            text = "⛔ " + "  ".join(problems)
+            fix = NO_CA in problems
+            kind = "blocked"
         else:
-            present = sum(1 for t in tiles.values() if t.present)
-            text = (f"{present} board{'s' if present != 1 else ''} on the hub. " if present else
-                    "No boards on the hub yet. ") + "Pick a profile, scan the lot, press Start (F5)."
-            kind = "idle"
-        if needs:
-            text = f"⚠ {', '.join(name(k) for k in needs)} need{'s' if len(needs) == 1 else ''} a hand. " + text
+            text, kind = self._idle_words(passed, failed)
+        self._show_needs()
+        if self._needs:
+            names = ", ".join(name(k) for k in self._needs)
+            text = f"⚠ {names} need{'s' if len(self._needs) == 1 else ''} a hand. " + text
             kind = "operator"
-        self.banner.setText(text)
+        if self.banner_note and mode == IDLE:
+            text += f"\n{self.banner_note}"
+        self.fix_button.setVisible(fix and self.settings_page.ca_setup is not None)
+        if self.banner.text() != text:
+            self.banner.setText(text)
         if self.banner.property("kind") != kind:
             self.banner.setProperty("kind", kind)
             self.banner.style().unpolish(self.banner)
             self.banner.style().polish(self.banner)
+
+    def _idle_words(self, passed: int, failed: int) -> tuple[str, str]:
+        """The banner between batches: what happened, and what to do with the boards now."""
+        name = self.settings.name
+        b = self.bridge
+        red = b.red_ports()
+        stopped = [name(k) for k in b.stopped if b.tiles[k].phase is Phase.STOPPED]
+        again = len(b.retryable_ports())
+        retry = f" Retry failed ({again}) runs {'it' if again == 1 else 'them'} again." if again else ""
+        if red:
+            here = [name(k) for k in b.red_ports() if b.tiles[k].present]
+            gone = [name(k) for k in b.red_ports() if not b.tiles[k].present]
+            text = f"Batch done: {passed} passed, {failed} FAILED."
+            if here:
+                text += f" Take out the red boards: {', '.join(here)}" + (f" — or reseat and press Retry failed "
+                                                                          f"({again})." if again else ".")
+            if gone:
+                text += (f" {', '.join(gone)} failed and left the hub: plug {'it' if len(gone) == 1 else 'them'} back "
+                         f"in to retry, or set {'it' if len(gone) == 1 else 'them'} aside.")
+            return text, "fail"
+        if stopped:
+            return (f"Stopped by you: {', '.join(stopped)} {'was' if len(stopped) == 1 else 'were'} interrupted, not "
+                    f"failed.{retry} ({passed} passed)", "stopped")
+        if failed and again:
+            return f"Batch done: {passed} passed, {failed} failed; the failed boards are back on the hub.{retry}", \
+                "stopped"
+        if failed:
+            return f"Batch done: {passed} passed, {failed} failed (taken out). Swap the boards, then press Start " \
+                   f"(F5).", "idle"
+        if passed:
+            return (f"Batch done: {f'all {passed}' if passed > 1 else 'the board'} passed. Swap the board"
+                    f"{'s' if passed > 1 else ''}, then press Start (F5).", "pass")
+        present = sum(1 for t in b.tiles.values() if t.present)
+        return ((f"{present} board{'s' if present != 1 else ''} on the hub. " if present else
+                 "No boards on the hub yet. ") + "Scan the lot, press Start (F5).", "idle")
 
     # --- closing ------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,11 @@
 """`make screenshots`: the window's main states, rendered to PNG from a real run on emulated boards.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python -m ui.screenshots [OUT_DIR]
+    xvfb-run -a -s "-screen 0 1280x800x24" python -m ui.screenshots OUT_DIR --size 1280x800 --boards 24
+
+The first is the tour (ready, running with a prompt, done, a failed board's log, retry, one-touch, history,
+settings); the second fills a screen of that size with the window over that many boards (two in three ESP,
+the rest DFU) and saves it mid-batch and done, named <boards>-boards-<size>-<state>.png.
 
 Everything on screen comes from the engine driving emulated boards; the demo's scripted operator (ui.demo)
 answers the board with wrong boot straps when the station asks for a hand.
@@ -8,6 +13,7 @@ answers the board with wrong boot straps when the station asks for a hand.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import tempfile
 import time
@@ -33,7 +39,79 @@ async def until(predicate, timeout: float = 30.0, step: float = 0.02) -> bool:
     return False
 
 
+def fill(argv: list[str]) -> int:
+    """One screen size, one hub size: the window mid-batch and when the batch is done."""
+    out = Path(argv[0])
+    size = argv[argv.index("--size") + 1]
+    width, height = (int(v) for v in size.split("x"))
+    boards = int(argv[argv.index("--boards") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    work = tempfile.TemporaryDirectory(prefix="station-shots-")
+    esp = max(1, math.ceil(boards * 2 / 3))
+    hub = DemoHub.mixed(esp, boards - esp, faults=boards >= 8, registry=Path(work.name) / "registry")
+    server = hub.esp
+    prompt = PROMPT_BOARD if boards >= 8 else None
+    if prompt is not None:
+        server.boards[prompt].faults = EspFaults(wrong_boot_mode=True)
+    if boards >= 16:  # a board whose flash refuses writes: red, and on the hub
+        server.boards[1].faults = EspFaults(flash_write_error=True)
+    hub.start()
+    clouds = []
+
+    def make() -> Station:
+        import os
+        os.environ.setdefault("STATION_DEMO_WIFI_PSK", "screenshot-passphrase")
+        station = Station(Path(work.name) / "data", hub.sources(),
+                          profile=shipped_profiles_dir() / "demo-mixed.toml",
+                          operator="alice", station_id="bench-1-demo", title_suffix=" — demo (emulated boards)")
+        station.harness = DemoHarness(station, server, prompt, hub)
+        station.harness.delay = 10.0  # the scripted operator takes their time: the prompt is in the mid-batch shot
+        configure_demo(station)
+        station.window.resize(width, height)
+        prepare_layout(station, hub.locations)
+        station.window.lot_edit.setText("LOT-2026-11-A")
+        return station
+
+    async def scenario(station: Station) -> None:
+        w, b, c = station.window, station.bridge, station.controller
+
+        def save(state: str) -> None:
+            w.repaint()
+            path = out / f"{boards}-boards-{size}-{state}.png"
+            w.grab().save(str(path))
+            print(f"screenshot: {path} (window {w.width()}x{w.height()}, grid {w.grid._placed[1]} columns)",
+                  flush=True)
+
+        cloud = await start_demo_cloud(station)
+        if cloud is not None:
+            clouds.append(cloud)
+        await wait_for_ports(station, hub.locations, 30)
+        w.lot_edit.returnPressed.emit()
+        await c.start_batch()
+        if prompt is not None:
+            await until(lambda: b.tiles[server.locations[prompt]].phase is Phase.OPERATOR, 60)
+        await until(lambda: b.batch_progress()[0] >= boards // 3 and any(t.total for t in b.tiles.values()), 120)
+        await asyncio.sleep(0.4)
+        save("mid-batch")
+        await until(lambda: not c.busy, 300)
+        await until(lambda: b.counts()[2] == 0, 10)
+        await asyncio.sleep(0.3)
+        save("done")
+        w.ask = False
+        w.close()
+
+    try:
+        return run(make, scenario)
+    finally:
+        for cloud in clouds:
+            cloud.__exit__(None, None, None)
+        hub.stop()
+        work.cleanup()
+
+
 def main(argv: list[str]) -> int:
+    if "--boards" in argv:
+        return fill(argv)
     out = Path(argv[0] if argv else "screenshots")
     out.mkdir(parents=True, exist_ok=True)
     work = tempfile.TemporaryDirectory(prefix="station-shots-")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Callable
 
 from PySide6.QtCore import Qt, Signal
@@ -83,6 +84,7 @@ class SettingsPage(QScrollArea):
 
         # --- station CA / local cloud (hooks filled by ui.app.Station: set up? / make one / start / stop)
         self.ca_setup: Callable | None = None  # async (organization, passphrase) -> words
+        self.grid_columns: Callable[[], int] = lambda: 4  # the columns the port grid shows now (the window's)
         self.cloud_up: Callable | None = None  # async () -> words
         self.cloud_down: Callable | None = None  # async () -> words
         self.ca_group, self.ca_label, self.ca_button = self._not_yet("Station CA", "Create station CA")
@@ -175,15 +177,17 @@ class SettingsPage(QScrollArea):
         self.columns.setRange(0, 12)
         self.columns.setValue(settings.columns)
         top.addWidget(self.columns)
-        self.auto_names = QPushButton("Name ports A1, A2… row by row")
+        self.auto_names = QPushButton("Name ports A1, A2… as the grid shows them")
+        self.auto_names.setToolTip("Names follow the grid's rows and columns (or the column count above, set to "
+                                   "the hub's layout), and the grid keeps that many columns")
         top.addWidget(self.auto_names)
         self.forget = QPushButton("Forget selected port")
         top.addWidget(self.forget)
         top.addStretch(1)
         box.addLayout(top)
-        self.port_table = QTableWidget(0, 3)
+        self.port_table = QTableWidget(0, 4)
         self.port_table.setObjectName("portTable")
-        self.port_table.setHorizontalHeaderLabels(["Name", "USB location", "One-touch"])
+        self.port_table.setHorizontalHeaderLabels(["Name", "USB location", "One-touch", "Passed / failed"])
         self.port_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.port_table.verticalHeader().setVisible(False)
         self.port_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -193,8 +197,31 @@ class SettingsPage(QScrollArea):
         self.auto_names.clicked.connect(self._auto_name)
         self.forget.clicked.connect(self._forget)
         self.port_table.itemChanged.connect(self._port_edited)
-        self.guarded += [self.columns, self.auto_names, self.forget, self.port_table]
+        yields = QHBoxLayout()
+        self.yields_label = QLabel()
+        self.yields_label.setObjectName("yieldsSince")
+        self.reset_yields = QPushButton("Reset the per-port counters")
+        self.reset_yields.setObjectName("resetYields")
+        self.reset_yields.setToolTip("Passed / failed per hub port since the last reset (a shift): a port or cable "
+                                     "that fails more than the others shows here and on its tile")
+        self.reset_yields.clicked.connect(self._reset_yields)
+        yields.addWidget(self.yields_label, 1)
+        yields.addWidget(self.reset_yields)
+        box.addLayout(yields)
+        self.guarded += [self.columns, self.auto_names, self.forget, self.port_table, self.reset_yields]
         col.addWidget(ports)
+
+        # --- batches
+        rules = QGroupBox("Batches")
+        line = QHBoxLayout(rules)
+        self.lot_required = QCheckBox("A lot is required: no batch starts without one")
+        self.lot_required.setObjectName("lotRequired")
+        self.lot_required.setChecked(settings.lot_required)
+        self.lot_required.toggled.connect(self._lot_required_toggled)
+        controller.lot_required = settings.lot_required
+        line.addWidget(self.lot_required)
+        self.guarded.append(self.lot_required)
+        col.addWidget(rules)
 
         # --- sound
         snd = QGroupBox("Sound")
@@ -203,7 +230,12 @@ class SettingsPage(QScrollArea):
         self.sound.setChecked(settings.sound)
         self.sound.toggled.connect(self._sound_toggled)
         line.addWidget(self.sound)
-        self.guarded.append(self.sound)
+        self.prompt_sound = QCheckBox("Sound when a board needs a hand")
+        self.prompt_sound.setObjectName("promptSound")
+        self.prompt_sound.setChecked(settings.prompt_sound)
+        self.prompt_sound.toggled.connect(self._prompt_sound_toggled)
+        line.addWidget(self.prompt_sound)
+        self.guarded += [self.sound, self.prompt_sound]
         col.addWidget(snd)
         col.addStretch(1)
 
@@ -309,6 +341,9 @@ class SettingsPage(QScrollArea):
         self._setup_buttons()
 
     def refresh_ports(self) -> None:
+        self.columns.blockSignals(True)
+        self.columns.setValue(self.settings.columns)  # naming the ports by the grid fixes its columns
+        self.columns.blockSignals(False)
         self.port_table.blockSignals(True)
         self.port_table.setRowCount(len(self.settings.order))
         for r, key in enumerate(self.settings.order):
@@ -319,9 +354,13 @@ class SettingsPage(QScrollArea):
             allow = QTableWidgetItem("")
             allow.setFlags((allow.flags() | Qt.ItemFlag.ItemIsUserCheckable) & ~Qt.ItemFlag.ItemIsEditable)
             allow.setCheckState(Qt.CheckState.Checked if key in self.settings.allowed else Qt.CheckState.Unchecked)
-            for c, item in enumerate((name, loc, allow)):
+            passed, failed = self.settings.yields.get(key, (0, 0))
+            tally = QTableWidgetItem(f"{passed} / {failed}")
+            tally.setFlags(tally.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            for c, item in enumerate((name, loc, allow, tally)):
                 self.port_table.setItem(r, c, item)
         self.port_table.blockSignals(False)
+        self.yields_label.setText(f"Per-port counters since {self.settings.yields_since or 'this station began'}.")
 
     def refresh_wifi(self) -> None:
         profile = self.controller.profile
@@ -432,8 +471,7 @@ class SettingsPage(QScrollArea):
     def _auto_name(self) -> None:
         if self.lock.locked:
             return
-        cols = self.settings.columns or 4
-        self.settings.auto_name(cols)
+        self.settings.auto_name(self.settings.columns or self.grid_columns())
         self.settings.save()
         self.refresh_ports()
         self.layoutChanged.emit()
@@ -467,6 +505,28 @@ class SettingsPage(QScrollArea):
             self.settings.set_allowed(key, item.checkState() == Qt.CheckState.Checked)
         self.settings.save()
         self.layoutChanged.emit()
+
+    def _reset_yields(self) -> None:
+        if self.lock.locked:
+            return
+        self.settings.reset_yields(time.strftime("%Y-%m-%d %H:%M"))
+        self.settings.save()
+        self.bridge.note("per-port counters reset by the supervisor")
+        self.refresh_ports()
+        self.layoutChanged.emit()
+
+    def _lot_required_toggled(self, on: bool) -> None:
+        if self.lock.locked:
+            return
+        self.settings.lot_required = self.controller.lot_required = on
+        self.settings.save()
+        self.layoutChanged.emit()
+
+    def _prompt_sound_toggled(self, on: bool) -> None:
+        if self.lock.locked:
+            return
+        self.settings.prompt_sound = self.sounds.prompts = on
+        self.settings.save()
 
     def _sound_toggled(self, on: bool) -> None:
         if self.lock.locked:

@@ -16,7 +16,8 @@ except ImportError:  # pragma: no cover - depends on the wheel installed
 class Sounds(QObject):
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self.enabled = False
+        self.enabled = False  # pass / fail
+        self.prompts = True  # a board needs a hand: on unless a supervisor turned it off
         self.played: list[str] = []  # what was played, newest last (tests, diagnostics)
         self._effects = {}
         if QSoundEffect is not None:
@@ -28,6 +29,15 @@ class Sounds(QObject):
     @property
     def backend(self) -> str:
         return "QSoundEffect" if self._effects else "system bell (QApplication.beep)"
+
+    def prompt(self) -> None:
+        """Two beeps: a board waits for a person, whichever tab (or window) is in front."""
+        if not self.prompts:
+            return
+        self.played.append("prompt")
+        self.played = self.played[-50:]
+        QApplication.beep()
+        QTimer.singleShot(250, QApplication.beep)
 
     def play(self, ok: bool) -> None:
         if not self.enabled:

@@ -15,6 +15,7 @@ class Phase(enum.Enum):
     OPERATOR = "operator"  # a step needs a hand
     PASS = "pass"
     FAIL = "fail"
+    STOPPED = "stopped"  # interrupted by the operator: not a board fault, Retry failed finishes it
 
 
 BUSY = (Phase.WORKING, Phase.VERIFYING, Phase.OPERATOR)
@@ -88,7 +89,7 @@ class TileState:
 
     @property
     def finished(self) -> bool:
-        return self.phase in (Phase.PASS, Phase.FAIL)
+        return self.phase in (Phase.PASS, Phase.FAIL, Phase.STOPPED)
 
     def elapsed(self, now: float | None = None) -> float:
         if self.seconds is not None:
@@ -96,6 +97,15 @@ class TileState:
         if self.started is None:
             return 0.0
         return (time.monotonic() if now is None else now) - self.started
+
+    def fraction(self) -> float:
+        """How far this board is through its steps (0..1), the current transfer counted in."""
+        if self.finished:
+            return 1.0
+        if not self.steps or self.step_index < 0:
+            return 0.0
+        part = self.done / self.total if self.total else 0.0
+        return min(1.0, (self.step_index + part) / len(self.steps))
 
     def percent(self) -> int:
         return int(100 * self.done / self.total) if self.total else 0

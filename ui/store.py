@@ -28,7 +28,12 @@ class UiSettings:
         self.allowed: set[str] = set()  # one-touch allow-list; the engine reads this very set while armed
         self.columns = 0  # 0: fit the window
         self.sound = False
+        self.prompt_sound = True  # a board that needs a hand is heard from any tab (and any window)
+        self.lot_required = False  # no batch starts without a lot
         self.profile = ""  # the last profile used
+        # per USB location: [passed, failed] since the supervisor last reset the counters (a bad cable shows)
+        self.yields: dict[str, list[int]] = {}
+        self.yields_since = ""  # when they were reset, "YYYY-MM-DD HH:MM"
         self.load_error = ""
         self.load()
 
@@ -49,14 +54,24 @@ class UiSettings:
         self.allowed.update(p["key"] for p in ports if isinstance(p, dict) and p.get("one_touch"))
         self.columns = int(raw.get("columns", 0) or 0)
         self.sound = bool(raw.get("sound", False))
+        self.prompt_sound = bool(raw.get("prompt_sound", True))
+        self.lot_required = bool(raw.get("lot_required", False))
         self.profile = str(raw.get("profile", "") or "")
+        self.yields = {p["key"]: [int(n) for n in p["yield"][:2]] for p in ports if isinstance(p, dict)
+                       and isinstance(p.get("key"), str) and isinstance(p.get("yield"), list)
+                       and len(p["yield"]) >= 2 and all(isinstance(n, int) for n in p["yield"][:2])}
+        self.yields_since = str(raw.get("yields_since", "") or "")
 
     def save(self) -> None:
         data = {
-            "ports": [{"key": k, "name": self.names.get(k, ""), "one_touch": k in self.allowed} for k in self.order],
+            "ports": [{"key": k, "name": self.names.get(k, ""), "one_touch": k in self.allowed,
+                       "yield": self.yields.get(k, [0, 0])} for k in self.order],
             "columns": self.columns,
             "sound": self.sound,
+            "prompt_sound": self.prompt_sound,
+            "lot_required": self.lot_required,
             "profile": self.profile,
+            "yields_since": self.yields_since,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
@@ -103,9 +118,19 @@ class UiSettings:
         j = max(0, min(len(self.order) - 1, i + delta))
         self.order.insert(j, self.order.pop(i))
 
+    def count(self, key: str, passed: bool) -> None:
+        tally = self.yields.setdefault(key, [0, 0])
+        tally[0 if passed else 1] += 1
+
+    def reset_yields(self, since: str) -> None:
+        self.yields.clear()
+        self.yields_since = since
+
     def auto_name(self, columns: int) -> None:
-        """Name the tiles row by row as printed on a hub fixture: A1 A2 A3 A4 / B1 B2 …"""
+        """Name the tiles row by row as the grid shows them, A1 A2 … / B1 B2 …, and keep the grid at that many
+        columns, so a name keeps meaning its place."""
         columns = max(1, columns)
+        self.columns = columns
         for n, key in enumerate(self.order):
             row, col = divmod(n, columns)
             letters = ""

@@ -35,11 +35,14 @@ SWATCHES: dict[Phase, Swatch] = {
     Phase.OPERATOR: Swatch("#9a6700", "#ffd33d", "#3b2300", "Needs operator"),
     Phase.PASS: Swatch("#116329", "#1a7f37", "#ffffff", "Pass"),
     Phase.FAIL: Swatch("#82071e", "#cf222e", "#ffffff", "Fail"),
+    Phase.STOPPED: Swatch("#57606a", "#d0d7de", "#24292f", "Stopped"),  # neutral: the operator's doing
 }
 
-LEGEND = (Phase.IDLE, Phase.WORKING, Phase.VERIFYING, Phase.OPERATOR, Phase.PASS, Phase.FAIL)
+LEGEND = (Phase.IDLE, Phase.WORKING, Phase.VERIFYING, Phase.OPERATOR, Phase.PASS, Phase.FAIL, Phase.STOPPED)
 
-ARMED = "#d1242f"  # the one-touch switch when armed
+# one-touch: teal, a colour no board state uses, so a live port never reads as FAIL
+ARMED = "#0b7285"
+ARMED_TEXT = "#ffffff"
 PROGRESS_TRACK = "#ffffff"
 SELECTION = "#24292f"
 

@@ -13,14 +13,33 @@ import time
 from typing import Callable
 
 from PySide6.QtCore import QPoint, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QPainter, QPainterPath, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QGuiApplication, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QWidget
 
 from ui import theme
+from ui.advice import next_step
 from ui.bridge import EngineBridge
 from ui.state import Phase, TileState, clock, rate_words
 
 REPAINT_HZ = 15
+TILE_MIN = QSize(112, 78)  # 6 x 4 of these, with the bars around them, fit a 1280 x 800 screen
+TILE_HINT = QSize(260, 180)
+SPACING = 8
+MARGIN = 4
+Tally = Callable[[str], "list[int] | None"]  # a port's [passed, failed] since the counters were reset
+
+
+def fit_columns(n: int, width: float, height: float) -> int:
+    """The column count that gives `n` tiles the largest size at about 4:3 in a width x height area, never
+    so many columns that a tile is narrower than TILE_MIN (that would make the window wider than the area)."""
+    best, best_score = 1, -1.0
+    widest = max(1, int((width - 2 * MARGIN + SPACING) // (TILE_MIN.width() + SPACING)))
+    for cols in range(1, max(1, min(n, widest)) + 1):
+        rows = math.ceil(n / cols)
+        score = min(width / cols, height / rows * 1.4)
+        if score > best_score:
+            best, best_score = cols, score
+    return best
 
 
 def _font(px: float, bold: bool = False, mono: bool = False) -> QFont:
@@ -38,25 +57,33 @@ def _font_px(px: int, bold: bool, mono: bool) -> QFont:
     return font
 
 
+def _fitted(px: float, words: str, width: float) -> QFont:
+    """A bold font of about `px` for the tile's big word, smaller if the word would be wider than `width`."""
+    font = _font(px, bold=True)
+    wide = QFontMetricsF(font).horizontalAdvance(words)
+    return font if wide <= width else _font(px * width / wide * 0.97, bold=True)
+
+
 class PortTile(QWidget):
     clicked = Signal(str)
     menuRequested = Signal(str, QPoint)
 
     def __init__(self, state: TileState, name: Callable[[str], str], armed: Callable[[str], str],
-                 parent: QWidget | None = None):
+                 tally: Tally = lambda _key: None, parent: QWidget | None = None):
         super().__init__(parent)
         self.state = state
         self._name = name
         self._armed = armed  # "" (not armed), "armed" (this port acts), "ignored" (armed, port not allowed)
+        self._tally = tally
         self.selected = False
         self.paints = 0
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setMinimumSize(200, 150)
+        self.setMinimumSize(1, 1)  # the grid sets its own minimum, for all its tiles at once (TileGrid.relayout)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, False)
         self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
 
     def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(300, 215)
+        return TILE_HINT
 
     @property
     def key(self) -> str:
@@ -71,6 +98,8 @@ class PortTile(QWidget):
                 return "PASS"
             case Phase.FAIL:
                 return "FAIL"
+            case Phase.STOPPED:
+                return "Stopped"
             case Phase.OPERATOR:
                 return "NEEDS YOU"
             case Phase.WORKING | Phase.VERIFYING:
@@ -85,7 +114,7 @@ class PortTile(QWidget):
         if s.chip:
             parts.append(f"{s.chip} {s.mac}")
         if s.phase is Phase.FAIL and s.reason:
-            parts.append(s.reason)
+            parts += [next_step(s.reason), s.reason]
         if s.phase is Phase.OPERATOR:
             parts.append(s.prompt)
         return " — ".join(parts)
@@ -103,10 +132,15 @@ class PortTile(QWidget):
         if s.description:
             lines.append(f"{s.description} · MAC {s.mac}")
         if s.phase is Phase.FAIL:
-            lines.append(f"<b>Failed:</b> {s.reason}")
+            lines.append(f"<b>{next_step(s.reason)}</b><br>Failed: {s.reason}")
+        if s.phase is Phase.STOPPED:
+            lines.append("Stopped by the operator: not a board fault. Retry failed finishes it.")
+        tally = self._tally(s.key)
+        if tally:
+            lines.append(f"This port since the counters were reset: {tally[0]} passed, {tally[1]} failed")
         if s.phase is Phase.OPERATOR:
             lines.append(f"<b>{s.prompt}</b><br>{s.prompt_reason}")
-        lines.append("<i>Right-click: name, one-touch, stop, diagnostics</i>")
+        lines.append("<i>Click: this port's log · right-click: name, one-touch, stop, diagnostics</i>")
         return "<br>".join(lines)
 
     # --- input --------------------------------------------------------------------------------------------------
@@ -128,11 +162,14 @@ class PortTile(QWidget):
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
-        unit = min(h, w * 0.72)  # type scales with the tile, bounded by its width
+        unit = min(h, w * 0.8)  # type scales with the tile, bounded by its width
         border = max(3.0, unit * 0.022)
         outer = QRectF(3, 3, w - 6, h - 6)
         radius = max(6.0, unit * 0.05)
 
+        armed = self._armed(s.key)
+        if armed == "ignored":  # one-touch is armed, but not here: the whole tile steps back
+            p.setOpacity(0.45)
         path = QPainterPath()
         path.addRoundedRect(outer, radius, radius)
         p.fillPath(path, QColor(sw.fill))
@@ -141,6 +178,11 @@ class PortTile(QWidget):
             pen.setStyle(Qt.PenStyle.DashLine)
         p.setPen(pen)
         p.drawPath(path)
+        if armed == "armed":  # a live port: a thick teal frame inside the state's own border
+            live = QPen(QColor(theme.ARMED), border * 1.6)
+            p.setPen(live)
+            p.drawRoundedRect(outer.adjusted(border * 1.3, border * 1.3, -border * 1.3, -border * 1.3),
+                              radius * 0.7, radius * 0.7)
         if self.selected:
             p.setPen(QPen(QColor(theme.SELECTION), 2, Qt.PenStyle.DotLine))
             p.drawRoundedRect(QRectF(1, 1, w - 2, h - 2), radius + 2, radius + 2)
@@ -157,25 +199,18 @@ class PortTile(QWidget):
         p.setPen(text)
         name = self._name(s.key)
         fm = QFontMetricsF(p.font())
-        head = QRectF(inner.left(), inner.top(), inner.width() * 0.6, fm.height())
+        head = QRectF(inner.left(), inner.top(), inner.width() * 0.55, fm.height())
         p.drawText(head, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
                    fm.elidedText(name, Qt.TextElideMode.ElideRight, head.width()))
-        small = _font(unit * 0.062)
-        p.setFont(small)
-        p.setPen(muted)
-        right = QRectF(inner.left() + inner.width() * 0.4, inner.top(), inner.width() * 0.6, fm.height())
-        corner = s.key if name != s.key else ""
-        armed = self._armed(s.key)
-        if armed == "armed":
-            corner = (corner + "  " if corner else "") + "⚡ ONE-TOUCH"
-        elif armed == "ignored":
-            corner = (corner + "  " if corner else "") + "not armed"
-        p.drawText(right, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, corner)
+        self._paint_corner(p, QRectF(inner.left() + inner.width() * 0.5, inner.top(), inner.width() * 0.5,
+                                     fm.height()), unit, armed, muted)
 
         body = QRectF(inner.left(), head.bottom() + unit * 0.015, inner.width(), inner.bottom() - head.bottom())
         match s.phase:
             case Phase.PASS | Phase.FAIL:
                 self._paint_verdict(p, body, unit, text, muted)
+            case Phase.STOPPED:
+                self._paint_stopped(p, body, unit, text, muted)
             case Phase.OPERATOR:
                 self._paint_operator(p, body, unit, text, muted)
             case Phase.WORKING | Phase.VERIFYING:
@@ -183,6 +218,32 @@ class PortTile(QWidget):
             case _:
                 self._paint_idle(p, body, unit, text, muted)
         p.end()
+
+    def _paint_corner(self, p: QPainter, r: QRectF, unit: float, armed: str, muted: QColor) -> None:
+        """Top right: the one-touch badge when armed (a teal pill: this port acts), else the port's tally."""
+        if armed == "armed":
+            p.setFont(_font(unit * 0.075, bold=True))
+            fm = QFontMetricsF(p.font())
+            words = "⚡ LIVE" if r.width() > fm.horizontalAdvance("⚡ LIVE") + 8 else "⚡"
+            pill_w = fm.horizontalAdvance(words) + fm.height() * 0.8
+            pill = QRectF(r.right() - pill_w, r.top() + (r.height() - fm.height() * 1.1) / 2, pill_w,
+                          fm.height() * 1.1)
+            p.setPen(Qt.PenStyle.NoPen)
+            p.setBrush(QColor(theme.ARMED))
+            p.drawRoundedRect(pill, pill.height() / 2, pill.height() / 2)
+            p.setPen(QColor(theme.ARMED_TEXT))
+            p.drawText(pill, Qt.AlignmentFlag.AlignCenter, words)
+            return
+        p.setFont(_font(unit * 0.065))
+        p.setPen(muted)
+        if armed == "ignored":
+            corner = "not armed"
+        else:
+            tally = self._tally(self.state.key)
+            corner = f"✔{tally[0]} ✘{tally[1]}" if tally and any(tally) else ""
+        fm = QFontMetricsF(p.font())
+        p.drawText(r, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                   fm.elidedText(corner, Qt.TextElideMode.ElideLeft, r.width()))
 
     def _board_line(self) -> str:
         s = self.state
@@ -202,7 +263,7 @@ class PortTile(QWidget):
         p.drawText(line, Qt.AlignmentFlag.AlignLeft, fm.elidedText(self._board_line(), Qt.TextElideMode.ElideRight,
                                                                    r.width()))
         y = line.bottom()
-        if s.mac:
+        if s.mac and r.height() > unit * 0.6:  # the MAC only where the verdict still has room
             p.setFont(_font(unit * 0.075, mono=True))
             fm = QFontMetricsF(p.font())
             line = QRectF(r.left(), y, r.width(), fm.height())
@@ -214,12 +275,12 @@ class PortTile(QWidget):
         s = self.state
         passed = s.phase is Phase.PASS
         y = self._paint_board(p, r, unit, text)
-        p.setFont(_font(unit * (0.30 if passed else 0.25), bold=True))
+        verdict = ("✔ PASS" if passed else "✘ FAIL") if unit > 150 else ("PASS" if passed else "FAIL")
+        p.setFont(_fitted(unit * (0.30 if passed else 0.25), verdict, r.width()))
         fm = QFontMetricsF(p.font())
         word = QRectF(r.left(), y, r.width(), fm.height() * 0.95)
         p.setPen(text)
-        p.drawText(word, Qt.AlignmentFlag.AlignCenter, ("✔ PASS" if passed else "✘ FAIL") if unit > 150 else
-                   ("PASS" if passed else "FAIL"))
+        p.drawText(word, Qt.AlignmentFlag.AlignCenter, verdict)
         rest = QRectF(r.left(), word.bottom(), r.width(), r.bottom() - word.bottom())
         if passed:
             tail = f"{clock(s.elapsed())}"
@@ -228,18 +289,32 @@ class PortTile(QWidget):
             if cloud:
                 tail += f" · {cloud}"
             if not s.present:
-                tail += " · running its firmware" if s.leaves_bus else " · board pulled"
+                tail += " · firmware running" if s.leaves_bus else " · board pulled"
             elif self._armed(s.key) == "armed":
                 tail += " · unplug the board"
             p.setFont(_font(unit * 0.075))
             p.setPen(muted)
             p.drawText(rest, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignTop, tail)
-        else:
-            self._wrapped(p, rest, s.reason or "Failed", unit * 0.075, text, bold=True, lines=4)
+        else:  # what to do, big; the engine's reason beneath it (all of it: the tooltip, the log on a click)
+            used = self._wrapped(p, rest, next_step(s.reason), unit * 0.08, text, bold=True, lines=2)
+            tail = QRectF(rest.left(), rest.top() + used + unit * 0.01, rest.width(), rest.height() - used)
+            if tail.height() > unit * 0.06:
+                self._wrapped(p, tail, s.reason or "Failed", unit * 0.062, muted, lines=2)
+
+    def _paint_stopped(self, p: QPainter, r: QRectF, unit: float, text: QColor, muted: QColor) -> None:
+        y = self._paint_board(p, r, unit, text)
+        stopped = "■ Stopped" if unit > 150 else "Stopped"
+        p.setFont(_fitted(unit * 0.2, stopped, r.width()))
+        fm = QFontMetricsF(p.font())
+        word = QRectF(r.left(), y, r.width(), fm.height())
+        p.setPen(text)
+        p.drawText(word, Qt.AlignmentFlag.AlignCenter, stopped)
+        rest = QRectF(r.left(), word.bottom(), r.width(), r.bottom() - word.bottom())
+        self._wrapped(p, rest, "Not a fault: Retry failed finishes it", unit * 0.07, muted, lines=2)
 
     def _paint_operator(self, p: QPainter, r: QRectF, unit: float, text: QColor, muted: QColor) -> None:
         s = self.state
-        p.setFont(_font(unit * 0.16, bold=True))
+        p.setFont(_fitted(unit * 0.16, "⚠ NEEDS YOU", r.width()))
         fm = QFontMetricsF(p.font())
         top = QRectF(r.left(), r.top(), r.width(), fm.height())
         p.setPen(text)
@@ -255,15 +330,17 @@ class PortTile(QWidget):
         s = self.state
         y = self._paint_board(p, r, unit, text)
         # the step, big
-        p.setFont(_font(unit * 0.095, bold=True))
+        p.setFont(_font(unit * 0.09, bold=True))
         fm = QFontMetricsF(p.font())
         step = QRectF(r.left(), y + unit * 0.02, r.width(), fm.height())
         p.setPen(text)
         label = self.headline() + (f" (try {s.attempt})" if s.attempt > 1 else "")
         p.drawText(step, Qt.AlignmentFlag.AlignLeft, fm.elidedText(label, Qt.TextElideMode.ElideRight, r.width()))
-        # the bar: this step's transfer, or a thin step-count bar when nothing is moving
-        bar_h = max(12.0, unit * 0.11)
-        bar = QRectF(r.left(), step.bottom() + unit * 0.03, r.width(), bar_h)
+        # the bar: this step's transfer, or a step-count bar when nothing is moving; it takes the room there is
+        foot_h = QFontMetricsF(_font(unit * 0.072)).height()
+        room = r.bottom() - step.bottom() - foot_h - unit * 0.06
+        bar_h = max(12.0, min(unit * 0.2, room * 0.6, 56.0))
+        bar = QRectF(r.left(), step.bottom() + max(unit * 0.03, (room - bar_h) / 2), r.width(), bar_h)
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(theme.PROGRESS_TRACK))
         p.drawRoundedRect(bar, bar_h / 3, bar_h / 3)
@@ -288,7 +365,7 @@ class PortTile(QWidget):
         # speed · ETA on the left, the clock on the right
         p.setFont(_font(unit * 0.072))
         fm = QFontMetricsF(p.font())
-        foot = QRectF(r.left(), bar.bottom() + unit * 0.03, r.width(), fm.height())
+        foot = QRectF(r.left(), max(bar.bottom() + unit * 0.03, r.bottom() - fm.height()), r.width(), fm.height())
         p.setPen(muted)
         if s.total and s.rate > 0:
             eta = s.eta()
@@ -302,11 +379,12 @@ class PortTile(QWidget):
 
     def _paint_idle(self, p: QPainter, r: QRectF, unit: float, text: QColor, muted: QColor) -> None:
         s = self.state
-        p.setFont(_font(unit * 0.14, bold=True))
+        word = "Ready" if s.phase is Phase.IDLE else "Empty"
+        p.setFont(_fitted(unit * 0.14, word, r.width()))
         fm = QFontMetricsF(p.font())
         mid = QRectF(r.left(), r.top() + r.height() * 0.18, r.width(), fm.height())
         p.setPen(text)
-        p.drawText(mid, Qt.AlignmentFlag.AlignCenter, "Ready" if s.phase is Phase.IDLE else "Empty")
+        p.drawText(mid, Qt.AlignmentFlag.AlignCenter, word)
         lines = []
         if s.phase is Phase.IDLE:
             lines.append(s.usb_description or "board detected")
@@ -328,7 +406,8 @@ class PortTile(QWidget):
     @staticmethod
     def _wrapped(p: QPainter, r: QRectF, words: str, px: float, color: QColor, bold: bool = False,
                  lines: int = 3) -> float:
-        """Draw `words` wrapped in `r`, at most `lines` lines (shrinking once if it does not fit); return height."""
+        """Draw `words` wrapped in `r`, in whole lines only, at most `lines` (shrinking once if it does not fit);
+        what does not fit ends in "…" (the tooltip and the log hold the rest). Returns the height used."""
         for size in (px, px * 0.82):
             font = _font(size, bold=bold)
             fm = QFontMetricsF(font)
@@ -338,14 +417,32 @@ class PortTile(QWidget):
                 break
         p.setFont(font)
         p.setPen(color)
-        height = min(box.height(), r.height(), fm.lineSpacing() * lines)
-        clip = QRectF(r.left(), r.top(), r.width(), height)
-        p.save()
-        p.setClipRect(clip)
-        p.drawText(QRectF(r.left(), r.top(), r.width(), r.height()),
-                   int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap), words)
-        p.restore()
-        return height
+        fit = max(1, min(lines, int((r.height() + 1) // fm.lineSpacing())))
+        if box.height() <= fm.lineSpacing() * fit + 1:
+            p.drawText(r, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop | Qt.TextFlag.TextWordWrap),
+                       words)
+            return min(box.height(), r.height())
+        # too long: lay it out line by line, the last line elided, so no line is cut through its middle
+        y, rest = r.top(), words
+        for n in range(fit):
+            last = n == fit - 1
+            line = fm.elidedText(rest, Qt.TextElideMode.ElideRight, r.width()) if last else \
+                _first_line(fm, rest, r.width())
+            p.drawText(QRectF(r.left(), y, r.width(), fm.lineSpacing()), int(Qt.AlignmentFlag.AlignLeft), line)
+            rest = rest[len(line):].lstrip()
+            y += fm.lineSpacing()
+            if not rest:
+                break
+        return y - r.top()
+
+
+def _first_line(fm: QFontMetricsF, words: str, width: float) -> str:
+    """As much of `words` as fits one line of `width`, broken at a space where there is one."""
+    cut = len(words)
+    while cut > 1 and fm.horizontalAdvance(words[:cut]) > width:
+        space = words.rfind(" ", 0, cut)
+        cut = space if space > 0 else cut - 1
+    return words[:cut]
 
 
 class TileGrid(QWidget):
@@ -355,15 +452,19 @@ class TileGrid(QWidget):
     tileMenu = Signal(str, QPoint)
 
     def __init__(self, bridge: EngineBridge, order: Callable[[], list[str]], name: Callable[[str], str],
-                 armed: Callable[[str], str], columns: Callable[[], int], parent: QWidget | None = None):
+                 armed: Callable[[str], str], columns: Callable[[], int], tally: Tally = lambda _key: None,
+                 parent: QWidget | None = None):
         super().__init__(parent)
         self.bridge = bridge
         self._order, self._name, self._armed, self._columns = order, name, armed, columns
+        self._tally = tally
         self.tiles: dict[str, PortTile] = {}
         self.selected: str | None = None
         self._grid = QGridLayout(self)
-        self._grid.setSpacing(10)
-        self._grid.setContentsMargins(4, 4, 4, 4)
+        self._grid.setSpacing(SPACING)
+        self._grid.setContentsMargins(MARGIN, MARGIN, MARGIN, MARGIN)
+        self._grid.setSizeConstraint(QGridLayout.SizeConstraint.SetNoConstraint)  # our minimum, not the tiles'
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self._placed: tuple = ()
         self._hint = QLabel("No USB ports seen yet.\nPlug boards into the hub: a tile appears for each port.", self)
         self._hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -378,27 +479,39 @@ class TileGrid(QWidget):
         self.relayout()
 
     def columns(self) -> int:
-        n = max(1, len(self.tiles))
         wanted = self._columns()
         if wanted > 0:
             return wanted
-        # fit: tiles about 4:3, as many columns as keeps them so in the space we have
-        w, h = max(1, self.width()), max(1, self.height())
-        best, best_score = 1, -1.0
-        for cols in range(1, n + 1):
-            rows = math.ceil(n / cols)
-            tw, th = w / cols, h / rows
-            score = min(tw, th * 1.4)
-            if score > best_score:
-                best, best_score = cols, score
-        return best
+        return fit_columns(max(1, len(self.tiles)), max(1, self.width()), max(1, self.height()))
+
+    def order(self) -> list[str]:
+        """The ports as the grid shows them: the saved hub order, then any the order does not know yet."""
+        keys = [k for k in self._order() if k in self.bridge.tiles]
+        return keys + [k for k in self.bridge.tiles if k not in keys]
+
+    def _span(self, cols: int, rows: int, tile: QSize) -> QSize:
+        return QSize(cols * tile.width() + (cols - 1) * SPACING + 2 * MARGIN,
+                     rows * tile.height() + (rows - 1) * SPACING + 2 * MARGIN)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        """Every tile at TILE_MIN in a compact arrangement (about 3:2): 24 tiles are 6 x 4 of them."""
+        n = max(1, len(self.tiles))
+        cols = self._columns() or min(n, max(1, math.ceil(math.sqrt(n * 1.5))))
+        return self._span(cols, math.ceil(n / cols), TILE_MIN)
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        """Comfortable tiles, but never more than the screen has room for."""
+        n = max(1, len(self.tiles))
+        cols = self._columns() or min(n, max(1, math.ceil(math.sqrt(n * 1.5))))
+        hint = self._span(cols, math.ceil(n / cols), TILE_HINT)
+        screen = (self.screen() or QGuiApplication.primaryScreen()).availableGeometry()
+        return hint.boundedTo(QSize(screen.width() - 40, screen.height() // 2)).expandedTo(self.minimumSizeHint())
 
     def relayout(self) -> None:
-        keys = [k for k in self._order() if k in self.bridge.tiles]
-        keys += [k for k in self.bridge.tiles if k not in keys]
+        keys = self.order()
         for key in keys:
             if key not in self.tiles:
-                tile = PortTile(self.bridge.tiles[key], self._name, self._armed, self)
+                tile = PortTile(self.bridge.tiles[key], self._name, self._armed, self._tally, self)
                 tile.clicked.connect(self._clicked)
                 tile.menuRequested.connect(self.tileMenu)
                 self.tiles[key] = tile
@@ -419,6 +532,8 @@ class TileGrid(QWidget):
             rows = math.ceil(len(keys) / cols) if keys else 0
             for r in range(self._grid.rowCount()):
                 self._grid.setRowStretch(r, 1 if r < rows else 0)
+            self.setMinimumSize(self.minimumSizeHint())
+            self.updateGeometry()
         self._hint.setVisible(not keys)
         self._hint.setGeometry(self.rect())
         for tile in self.tiles.values():
@@ -469,13 +584,12 @@ class Legend(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         row = QHBoxLayout(self)
-        row.setContentsMargins(6, 2, 6, 2)
-        row.setSpacing(14)
+        row.setContentsMargins(4, 2, 4, 2)
+        row.setSpacing(5)
         for phase in theme.LEGEND:
             sw = theme.SWATCHES[phase]
             chip = QLabel(sw.label)
             chip.setObjectName("legendChip")
             chip.setStyleSheet(f"background:{sw.fill}; color:{sw.text}; border:3px solid {sw.border};"
-                               f"border-radius:6px; padding:3px 12px; font-weight:bold;")
+                               f"border-radius:6px; padding:2px 7px; font-weight:bold; font-size:12px;")
             row.addWidget(chip)
-        row.addStretch(1)

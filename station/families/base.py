@@ -39,6 +39,11 @@ class BoardFamily:
         """One [[firmware]] set for `chip`, every image read, pinned and checked; ProfileError otherwise."""
         raise NotImplementedError
 
+    def describe_firmware(self, firmware: Any) -> list[str]:
+        """What one firmware set writes where, a line per image (name, place, size, SHA-256): the pre-Start
+        check in the window and `station` front ends show it."""
+        raise NotImplementedError
+
     def load_options(self, top: "Table", firmware: dict[str, Any], generic: dict[str, Any]) -> Any:
         """The family's share of the other tables ([wifi] partition, [nvs], [identity] store …), checked against
         its firmware sets. `generic` holds what the profile loader already read (wifi, identity, …)."""

@@ -30,6 +30,9 @@ class DfuFamily(BoardFamily):
     def load_firmware(self, table, base: Path, chip: str):
         return dfu_profile.load_firmware(table, base, chip)
 
+    def describe_firmware(self, firmware) -> list[str]:
+        return dfu_profile.describe_firmware(firmware)
+
     def load_options(self, top, firmware: dict[str, Any], generic: dict[str, Any]):
         return dfu_profile.load_options(top, firmware, generic)
 

@@ -73,6 +73,15 @@ def load_firmware(fw: Table, base: Path, chip: str) -> DfuFirmwareSet:
     return DfuFirmwareSet(chip=chip, images=tuple(images), placements=tuple(placements), mass_erase=mass_erase)
 
 
+def describe_firmware(fw: DfuFirmwareSet) -> list[str]:
+    digests = {f.name: f.sha256 for f in fw.images}
+    lines = [f"{p.name} → alt {p.alt} at {p.address:#010x}, {len(p.data):,} bytes, SHA-256 {digests[p.name][:16]}…"
+             for p in fw.placements]
+    if fw.mass_erase:
+        lines.append("every alt written is mass-erased first")
+    return lines
+
+
 def load_options(top: Table, firmware: dict[str, DfuFirmwareSet], generic: dict[str, Any]) -> DfuOptions:
     """[wifi] and [identity] are for the profile's other boards; a profile of DFU boards alone can't use them."""
     others = [chip for chip in generic["chips"] if chip not in DFU_CHIPS]

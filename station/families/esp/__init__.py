@@ -33,6 +33,9 @@ class EspFamily(BoardFamily):
     def load_firmware(self, table, base: Path, chip: str):
         return esp_profile.load_firmware(table, base, chip)
 
+    def describe_firmware(self, firmware) -> list[str]:
+        return esp_profile.describe_firmware(firmware)
+
     def load_options(self, top, firmware: dict[str, Any], generic: dict[str, Any]):
         return esp_profile.load_options(top, firmware, generic)
 

@@ -60,6 +60,11 @@ class EspOptions:
                 for ns, entries in self.nvs.items()}
 
 
+def describe_firmware(fw: FirmwareSet) -> list[str]:
+    return [f"{i.name} ({i.kind}) → flash {i.offset:#08x}, {len(i.data):,} bytes, SHA-256 {i.sha256[:16]}…"
+            for i in fw.images]
+
+
 def load_firmware(fw: Table, base: Path, chip: str) -> FirmwareSet:
     fw.check_keys(("chip", "images"))
     images = tuple(_load_image(fw.sub(f"images[{i}]", r), base, chip) for i, r in enumerate(fw.get("images", list)))
