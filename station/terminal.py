@@ -48,7 +48,7 @@ class TerminalReport:
             case ev.OperatorPrompt():
                 return f"[{e.key}] NEEDS YOU: {e.prompt} (then the station carries on by itself)"
             case ev.DeviceDone():
-                verdict = "PASS" if e.ok else f"FAIL: {e.reason}"
+                verdict = "PASS" if e.ok else f"STOPPED: {e.reason}" if e.interrupted else f"FAIL: {e.reason}"
                 return f"[{e.key}] {verdict}  ({e.seconds:.1f} s)"
             case ev.RegistrationChanged():
                 return f"[{e.key or e.device_id[:12]}] {e.detail}"
