@@ -2,7 +2,7 @@
 images, a board unplugged mid-write fails in plain words while the others pass, and every refusal leaves the
 board untouched."""
 import asyncio
-import shutil
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -99,21 +99,8 @@ def test_a_board_unplugged_mid_write_fails_in_plain_words_and_the_others_pass(pr
 
 
 def test_an_image_outside_the_boards_memory_is_refused_before_anything_is_written(hub, tmp_path):
-    shutil.copytree(PROFILES / "firmware", tmp_path / "firmware")
-    image = (tmp_path / "firmware" / "tinker-core" / "tinker.bin")
-    (tmp_path / "p.toml").write_text(f'''
-[profile]
-name = "Core at the wrong address"
-
-[[firmware]]
-chip = "Spark Core"
-
-[[firmware.images]]
-file = "firmware/tinker-core/tinker.bin"
-address = 0x08000000
-sha256 = "{__import__("hashlib").sha256(image.read_bytes()).hexdigest()}"
-''')
-    profile = load_profile(tmp_path / "p.toml")
+    tinker = (PROFILES / "firmware" / "tinker-core" / "tinker.bin").read_bytes()
+    profile = load_profile(write_profile(tmp_path, "Spark Core", "tinker.bin", tinker, "address = 0x08000000"))
     _, dfu = hub(0, ["core"])
     before = dfu.devices[0].snapshot(0)
     journal = Journal(tmp_path / "journal.sqlite3")
@@ -126,23 +113,27 @@ sha256 = "{__import__("hashlib").sha256(image.read_bytes()).hexdigest()}"
     journal.close()
 
 
-def dfu_profile(tmp_path: Path, data: bytes) -> Path:
-    import hashlib
-
-    (tmp_path / "fw.dfu").write_bytes(data)
-    path = tmp_path / "p.toml"
+def write_profile(folder: Path, chip: str, name: str, data: bytes, image_keys: str = "") -> Path:
+    """A one-image profile for `chip` with its firmware file beside it, pinned."""
+    (folder / name).write_bytes(data)
+    path = folder / "p.toml"
     path.write_text(f'''
 [profile]
-name = "STM32 DfuSe"
+name = "One {chip} image"
 
 [[firmware]]
-chip = "STM32"
+chip = "{chip}"
 
 [[firmware.images]]
-file = "fw.dfu"
+file = "{name}"
 sha256 = "{hashlib.sha256(data).hexdigest()}"
+{image_keys}
 ''')
     return path
+
+
+def dfu_profile(folder: Path, data: bytes) -> Path:
+    return write_profile(folder, "STM32", "fw.dfu", data)
 
 
 def test_a_dfu_file_with_a_bad_crc_is_refused_naming_the_file(tmp_path):

@@ -39,6 +39,17 @@ async def until(predicate, timeout: float = 30.0, step: float = 0.02) -> bool:
     return False
 
 
+def run_then_clean_up(make, scenario, clouds, hub: DemoHub, work: tempfile.TemporaryDirectory) -> int:
+    """Run the window's scenario, then stop its clouds and boards and remove its data, however it ended."""
+    try:
+        return run(make, scenario)
+    finally:
+        for cloud in clouds:
+            cloud.__exit__(None, None, None)
+        hub.stop()
+        work.cleanup()
+
+
 def fill(argv: list[str]) -> int:
     """One screen size, one hub size: the window mid-batch and when the batch is done."""
     out = Path(argv[0])
@@ -100,13 +111,7 @@ def fill(argv: list[str]) -> int:
         w.ask = False
         w.close()
 
-    try:
-        return run(make, scenario)
-    finally:
-        for cloud in clouds:
-            cloud.__exit__(None, None, None)
-        hub.stop()
-        work.cleanup()
+    return run_then_clean_up(make, scenario, clouds, hub, work)
 
 
 def main(argv: list[str]) -> int:
@@ -219,13 +224,7 @@ def main(argv: list[str]) -> int:
         w.ask = False
         w.close()
 
-    try:
-        return run(make, scenario)
-    finally:
-        for cloud in clouds:
-            cloud.__exit__(None, None, None)
-        hub.stop()
-        work.cleanup()
+    return run_then_clean_up(make, scenario, clouds, hub, work)
 
 
 if __name__ == "__main__":
