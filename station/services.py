@@ -22,6 +22,7 @@ from station.engine import Engine
 from station.journal import DeviceRow, Journal
 from station.profiles import Profile
 from station.identity.ca import StationCA
+from station.voiding import void_interrupted
 
 JOURNAL_FILE = "journal.sqlite3"
 DEMO_PSK_ENV = "STATION_DEMO_WIFI_PSK"  # the demo network's passphrase (made up per run unless given)
@@ -30,11 +31,14 @@ Note = Callable[[str, str], None]  # (text, level: "info" | "warning" | "error")
 
 
 def open_journal(folder: Path) -> tuple[Journal, list[DeviceRow]]:
-    """The journal in `folder`, and the boards a crash left mid-step (now marked interrupted) to tell about.
+    """The journal in `folder`, and the boards a crash left mid-step (now marked interrupted, and any
+    certificate issued for them voided, with the cloud told through the outbox) to tell about.
     A file that can't be used raises StoreError, with nothing left open."""
     journal = Journal(Path(folder) / JOURNAL_FILE)
     try:
-        return journal, journal.recover()
+        interrupted = journal.recover()
+        void_interrupted(journal)  # also what an earlier run left between marking and voiding
+        return journal, interrupted
     except BaseException:
         journal.close()
         raise
