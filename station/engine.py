@@ -349,7 +349,7 @@ class Engine:
                     await self._wait_for_operator(ctx, step.name, exc)
                     attempt -= 1  # a person fixing the board is not a failed attempt
                     continue
-                if attempt > policy.retries or (not exc.retryable and not step.identifies):
+                if attempt > policy.retries or not exc.retryable:  # a refusal (wrong chip) is not a glitch
                     raise
                 self._publish(ev.Log(key, "warning", f"{step.name} failed ({exc.reason}); retrying"))
                 continue
