@@ -22,7 +22,7 @@ from station.journal import Journal
 from station.profiles import load_profile
 from tests.faults.bench import ROOT
 
-CA = StationCA.ephemeral("Fault matrix")
+CA = StationCA.ephemeral("Faults")
 MIXED = ROOT / "profiles" / "demo-mixed.toml"
 ON_BOARD_KEYS = ROOT / "profiles" / "esp32-secure-sensor.toml"  # the board's agent makes the key
 FAULTY = 5  # the port (index) that gets the fault
