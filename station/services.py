@@ -37,12 +37,19 @@ def open_journal(folder: Path) -> tuple[Journal, list[DeviceRow]]:
     A file that can't be used raises StoreError, with nothing left open."""
     journal = Journal(Path(folder) / JOURNAL_FILE)
     try:
-        interrupted = journal.recover()
-        void_interrupted(journal)  # also what an earlier run left between marking and voiding
-        return journal, interrupted
+        return journal, recover(journal)
     except BaseException:
         journal.close()
         raise
+
+
+def recover(journal: Journal) -> list[DeviceRow]:
+    """After a crash: mark the boards left mid-step interrupted and void whatever certificate was issued for
+    them (ledger, journal record, the cloud through the outbox), so each can simply be provisioned again.
+    Returns those boards."""
+    interrupted = journal.recover()
+    void_interrupted(journal)  # also what an earlier run left between marking and voiding
+    return interrupted
 
 
 def open_station_ca(data: Path, passphrase_source=None, pin_source=None) -> StationCA:
