@@ -103,3 +103,26 @@ def test_unplugged_mid_transfer_on_one_port_of_eight(where):
     assert reason.startswith(f"Board vanished during {where} at "), reason
     percent = int(reason.split(" at ")[1].split(" %")[0])
     assert 0 < percent < 100, reason
+
+
+def test_a_port_another_program_holds_is_said_to_be_in_use():
+    """A real tty (a pseudo-terminal) that another program holds with an exclusive lock, as a second station or
+    a serial terminal would: the board is not "lost", its port is in use."""
+    import os
+
+    import serial
+
+    from station.families.esp.session import EspSession
+    from station.model import StepFailed
+
+    controller, device = os.openpty()
+    holder = serial.Serial(os.ttyname(device), exclusive=True)
+    try:
+        session = EspSession(os.ttyname(device), log=lambda level, message: None, progress=lambda done, total: None)
+        with pytest.raises(StepFailed) as failed:
+            session.connect(115200, connect_attempts=1)
+    finally:
+        holder.close()
+        os.close(controller)
+        os.close(device)
+    assert failed.value.reason.startswith("The port is in use by another program"), failed.value.reason
