@@ -257,7 +257,7 @@ def void_certificate(db: sqlite3.Connection, serial: str, reason: str) -> CertRe
     board's end written together with its journal record). Voiding twice keeps the first."""
     row = db.execute(f"SELECT {COLUMNS} FROM certificates WHERE serial_hex = ?", (serial.upper(),)).fetchone()
     if row is None:
-        raise LedgerError(f"No certificate with serial {serial} in the ledger {db_path(db)}; check the serial "
+        raise LedgerError(f"No certificate with serial {serial} in the ledger {_db_path(db)}; check the serial "
                           f"(upper-case hex, as `station ca` and the manifest show it).")
     record = CertRecord(*row)
     if record.voided is None:
@@ -266,7 +266,7 @@ def void_certificate(db: sqlite3.Connection, serial: str, reason: str) -> CertRe
     return record
 
 
-def db_path(db: sqlite3.Connection) -> str:
+def _db_path(db: sqlite3.Connection) -> str:
     return next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "") or MEMORY
 
 
