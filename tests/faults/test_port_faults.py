@@ -126,3 +126,23 @@ def test_a_port_another_program_holds_is_said_to_be_in_use():
         os.close(controller)
         os.close(device)
     assert failed.value.reason.startswith("The port is in use by another program"), failed.value.reason
+
+
+def test_two_stations_on_one_emulated_board_the_second_hears_it_is_in_use():
+    """An emulated board served over espsim:// is held like a locked tty: while one station has it open, a
+    second one is told the port is in use; once the first lets go, the second gets in."""
+    from station.families.esp.session import EspSession
+    from station.model import StepFailed
+
+    board = EspBoard("esp32", 1)
+    with EspSimServer([board]) as server:
+        url = server.station_urls[0]
+        first = EspSession(url, lambda level, message: None, lambda done, total: None)
+        second = EspSession(url, lambda level, message: None, lambda done, total: None)
+        first.connect(115200)
+        with pytest.raises(StepFailed) as failed:
+            second.connect(115200, connect_attempts=1)
+        assert failed.value.reason.startswith("The port is in use by another program"), failed.value.reason
+        first.close()
+        assert second.connect(115200).chip == "ESP32"
+        second.close()
