@@ -318,9 +318,10 @@ def devices(ctx, batch_id):
     """List provisioned devices from the journal."""
     journal, _ = _open_journal(ctx)
     rows = journal.devices(batch_id)
-    click.echo(f"{'result':<12} {'port':<14} {'chip':<9} {'mac':<18} {'batch':<24} reason")
-    for d in rows:
-        click.echo(f"{d.result:<12} {d.port:<14} {d.chip:<9} {d.mac:<18} {d.batch_id:<24} {d.reason}")
+    click.echo(f"{'device id':<32} {'result':<12} {'port':<14} {'chip':<9} {'mac':<18} {'batch':<24} reason")
+    for d in rows:  # the device id is what `station void` takes (or enough of its start to be unique)
+        click.echo(f"{d.id:<32} {d.result:<12} {d.port:<14} {d.chip:<9} {d.mac:<18} {d.batch_id:<24} "
+                   f"{d.reason}")
     click.echo(f"{len(rows)} devices")
     journal.close()
 
@@ -336,10 +337,16 @@ def export(ctx, fmt, batch_id, unsigned, output):
     """Export device records: identity, board facts, image hashes, steps, who/when/where."""
     from functools import partial
 
+    from station.cloud.outbox import Outbox
     from station.manifest import device_records, write_csv, write_jsonl
     from station.manifest_sign import sign_manifest
 
     journal, base = _open_journal(ctx)
+    outbox = Outbox(journal.path)
+    try:
+        states = outbox.device_states()  # each record carries its registration state, as the window's export does
+    finally:
+        outbox.close()
     if fmt == "csv":
         write = write_csv
     elif unsigned:
@@ -352,11 +359,11 @@ def export(ctx, fmt, batch_id, unsigned, output):
     if output:
         tmp = Path(output).with_suffix(Path(output).suffix + ".part")
         with open(tmp, "w", newline="") as out:
-            count = write(device_records(journal, batch_id), out=out)
+            count = write(device_records(journal, batch_id, registration=states.get), out=out)
         os.replace(tmp, output)  # a failed export never leaves a half-written file under the real name
         click.echo(f"{count} records written to {output}", err=True)
     else:
-        write(device_records(journal, batch_id), out=sys.stdout)
+        write(device_records(journal, batch_id, registration=states.get), out=sys.stdout)
     journal.close()
 
 

@@ -17,12 +17,11 @@ from typing import Callable, Iterable
 from station import events as ev
 from station.discovery import Discovery
 from station.families import FAMILIES
-from station.cloud.outbox import Outbox, RegistrationUpdate
+from station.cloud.outbox import Outbox, RegistrationUpdate, add_row
 from station.cloud.registrar import DeviceRegistration, Registrar
 from station.identity.ca import StationCA
-from station.identity.ledger import Ledger
-from station.identity.provision import void_identity
-from station.journal import Journal
+from station.identity.ledger import Ledger, void_certificate
+from station.journal import Journal, write_end, write_identity
 from station.model import Mode, PortInfo, PortKey, Result, StepFailed
 from station.steps import DeviceContext, Session, Step
 from station.profiles import Profile
@@ -133,19 +132,26 @@ class Engine:
                                                         update.device_id, update.state, update.describe()))
 
     def pending_registrations(self) -> int:
-        return self.outbox.counts()["pending"] if self.outbox else 0
+        """Registrations (and voids) waiting for this engine's registrar."""
+        if self.outbox is None or self.profile.cloud is None:
+            return 0
+        return self.outbox.pending_count([self.profile.cloud.registrar])
 
     async def settle_registrations(self, timeout: float) -> int:
         """Give the outbox up to `timeout` seconds to deliver what is due; returns how many are still pending.
-        Whatever is left stays in the journal and goes out the next time the station runs."""
+
+        Only rows due now or being sent are waited for: one the cloud did not take waits out its backoff, and
+        that goes out the next time the station runs, not in this grace. Nothing due: returns at once."""
         self._bind_loop()  # starts the outbox, which picks up what earlier runs left pending
+        loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
-        while self.outbox is not None and self.registrar is not None:
-            pending = await asyncio.get_running_loop().run_in_executor(self.pool, self.pending_registrations)
-            if not pending or time.monotonic() >= deadline:
-                return pending
-            await asyncio.sleep(0.1)
-        return self.pending_registrations()
+        if self.outbox is not None and self.registrar is not None and self.profile.cloud is not None:
+            names = [self.profile.cloud.registrar]
+            while time.monotonic() < deadline:
+                if not await loop.run_in_executor(self.pool, self.outbox.awaiting_attempt, names):
+                    break
+                await asyncio.sleep(0.1)
+        return await loop.run_in_executor(self.pool, self.pending_registrations)
 
     # --- batches ------------------------------------------------------------------------------------------
 
@@ -309,25 +315,30 @@ class Engine:
         return Step("detect", "Detecting", refuse, identifies=True)
 
     def _record_end(self, ctx: DeviceContext, result: Result, reason: str) -> bool:
-        """The device's last journal entries: a failed board's certificate is voided first; a passed board's
-        registration is put in the outbox (durably) before the board is reported done. True if it was."""
+        """The device's last journal entries, in one transaction: a failed board's certificate voided, its
+        identity record, a passed board's registration in the outbox, and its result. So a crash can't leave a
+        board registered that the journal calls interrupted, nor one ended with a live certificate. True if a
+        registration was queued."""
         if ctx.payloads is not None:
             concurrent.futures.wait([ctx.payloads])  # a certificate issued beside a failed flash must be voided too
         plan = ctx.identity
         queued = False
-        if plan is not None and plan.record:
-            if result is not Result.PASS:
-                assert self.ledger is not None
-                void_identity(plan, self.ledger, reason or result.value)
-            self.journal.set_identity(ctx.device_id, plan.record)
-            if result is Result.PASS and self.outbox is not None and self.profile.cloud is not None:
-                registration = DeviceRegistration(
-                    ctx.device_id, certificate_pem=plan.record["certificate"],
-                    topic_prefix=self.profile.cloud.topic_prefix,
-                    facts={"subject_serial": plan.subject_serial, **plan.facts})
-                self.outbox.enqueue(ctx.device_id, self.profile.cloud.registrar, registration)
-                queued = True
-        self.journal.end_device(ctx.device_id, result, reason)
+        with self.journal.transaction() as db:
+            if plan is not None and plan.record:
+                if result is not Result.PASS and not plan.record["void"]:
+                    void_certificate(db, plan.record["certificate_serial"], reason or result.value)
+                    plan.record["void"] = True
+                write_identity(db, ctx.device_id, plan.record)
+                if result is Result.PASS and self.outbox is not None and self.profile.cloud is not None:
+                    registration = DeviceRegistration(
+                        ctx.device_id, certificate_pem=plan.record["certificate"],
+                        topic_prefix=self.profile.cloud.topic_prefix,
+                        facts={"subject_serial": plan.subject_serial, **plan.facts})
+                    add_row(db, ctx.device_id, self.profile.cloud.registrar, registration)
+                    queued = True
+            write_end(db, ctx.device_id, result, reason)
+        if queued:
+            self.outbox.kick()
         return queued
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
@@ -346,7 +357,7 @@ class Engine:
                     await self._wait_for_operator(ctx, step.name, exc)
                     attempt -= 1  # a person fixing the board is not a failed attempt
                     continue
-                if attempt > policy.retries or (not exc.retryable and not step.identifies):
+                if attempt > policy.retries or not exc.retryable:  # a refusal (wrong chip) is not a glitch
                     raise
                 self._publish(ev.Log(key, "warning", f"{step.name} failed ({exc.reason}); retrying"))
                 continue

@@ -12,8 +12,10 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from station.model import Result
 from station.store import Schema, add_column, connect
@@ -122,10 +124,18 @@ class Journal:
             self._db.close()
 
     def _write(self, sql: str, args: tuple) -> None:
+        with self.transaction() as db:
+            db.execute(sql, args)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the journal's file, committed (and fsynced) on exit, rolled back on an
+        error. The ledger's and the outbox's tables live in the same file, so writes to all three that must
+        happen together (a board's end) go through the connection yielded here."""
         with self._lock:
-            with self._db:  # one transaction, committed (and fsynced) on exit
+            with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(sql, args)
+                yield self._db
 
     # --- writes -------------------------------------------------------------------------------------------
 
@@ -156,7 +166,8 @@ class Journal:
 
     def set_identity(self, device_id: str, identity: dict) -> None:
         """Public identity facts only: subject serial, certificate chain, public key (JWK), key origin."""
-        self._write("UPDATE devices SET identity = ? WHERE id = ?", (json.dumps(identity, sort_keys=True), device_id))
+        with self.transaction() as db:
+            write_identity(db, device_id, identity)
 
     def start_step(self, device_id: str, name: str, attempt: int) -> int:
         with self._lock:
@@ -172,8 +183,8 @@ class Journal:
                     (time.time(), (Result.PASS if ok else Result.FAIL).value, one_line(detail), step_id))
 
     def end_device(self, device_id: str, result: Result, reason: str = "") -> None:
-        self._write("UPDATE devices SET result = ?, reason = ?, ended = ? WHERE id = ?",
-                    (result.value, one_line(reason), time.time(), device_id))
+        with self.transaction() as db:
+            write_end(db, device_id, result, reason)
 
     def recover(self) -> list[DeviceRow]:
         """Mark devices and steps left running by a previous process as interrupted; return those devices."""
@@ -182,10 +193,11 @@ class Journal:
                 "SELECT * FROM devices WHERE result = ? ORDER BY started", (Result.RUNNING.value,))]
         now = time.time()
         for row in rows:
-            self._write("UPDATE steps SET result = ?, ended = ?, detail = 'station stopped during this step'"
-                        " WHERE device_id = ? AND result = ?",
-                        (Result.INTERRUPTED.value, now, row.id, Result.RUNNING.value))
-            self.end_device(row.id, Result.INTERRUPTED, "station stopped before this board finished")
+            with self.transaction() as db:
+                db.execute("UPDATE steps SET result = ?, ended = ?, detail = 'station stopped during this step'"
+                           " WHERE device_id = ? AND result = ?",
+                           (Result.INTERRUPTED.value, now, row.id, Result.RUNNING.value))
+                write_end(db, row.id, Result.INTERRUPTED, "station stopped before this board finished")
         return rows
 
     # --- reads --------------------------------------------------------------------------------------------
@@ -218,3 +230,15 @@ class Journal:
                          family=r["family"], chip=r["chip"], mac=r["mac"], board=json.loads(r["board"]),
                          images=json.loads(r["images"]), identity=json.loads(r["identity"]), result=r["result"],
                          reason=r["reason"], started=r["started"], ended=r["ended"])
+
+
+# --- writes inside a caller's transaction (Journal.transaction) ---------------------------------------------------
+
+
+def write_identity(db: sqlite3.Connection, device_id: str, identity: dict) -> None:
+    db.execute("UPDATE devices SET identity = ? WHERE id = ?", (json.dumps(identity, sort_keys=True), device_id))
+
+
+def write_end(db: sqlite3.Connection, device_id: str, result: Result, reason: str) -> None:
+    db.execute("UPDATE devices SET result = ?, reason = ?, ended = ? WHERE id = ?",
+               (result.value, one_line(reason), time.time(), device_id))

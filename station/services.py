@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,6 +23,7 @@ from station.engine import Engine
 from station.journal import DeviceRow, Journal
 from station.profiles import Profile
 from station.identity.ca import StationCA
+from station.voiding import void_interrupted
 
 JOURNAL_FILE = "journal.sqlite3"
 DEMO_PSK_ENV = "STATION_DEMO_WIFI_PSK"  # the demo network's passphrase (made up per run unless given)
@@ -30,14 +32,24 @@ Note = Callable[[str, str], None]  # (text, level: "info" | "warning" | "error")
 
 
 def open_journal(folder: Path) -> tuple[Journal, list[DeviceRow]]:
-    """The journal in `folder`, and the boards a crash left mid-step (now marked interrupted) to tell about.
+    """The journal in `folder`, and the boards a crash left mid-step (now marked interrupted, and any
+    certificate issued for them voided, with the cloud told through the outbox) to tell about.
     A file that can't be used raises StoreError, with nothing left open."""
     journal = Journal(Path(folder) / JOURNAL_FILE)
     try:
-        return journal, journal.recover()
+        return journal, recover(journal)
     except BaseException:
         journal.close()
         raise
+
+
+def recover(journal: Journal) -> list[DeviceRow]:
+    """After a crash: mark the boards left mid-step interrupted and void whatever certificate was issued for
+    them (ledger, journal record, the cloud through the outbox), so each can simply be provisioned again.
+    Returns those boards."""
+    interrupted = journal.recover()
+    void_interrupted(journal)  # also what an earlier run left between marking and voiding
+    return interrupted
 
 
 def open_station_ca(data: Path, passphrase_source=None, pin_source=None) -> StationCA:
@@ -94,28 +106,108 @@ def _silent(text: str, level: str) -> None:
     pass
 
 
+DEMO_FOLDER_PREFIX = "station-demo-cloud-"
+DEMO_FOLDER_PARENT = Path("/tmp")
+OWNER_FILE = "station.owner"  # "PID START_TIME" of the station that made the folder
+OWNERLESS_GRACE = 60.0  # seconds a folder without an owner file is left alone (its demo is starting)
+
+
 @contextlib.contextmanager
 def demo_broker(ca: StationCA, note: Note = _silent) -> Iterator:
     """A local Mosquitto broker for one demo run, on free loopback ports, with its own state (its server
     certificate comes from `ca`); stopped by PID at the end. When it can't start (mosquitto missing, …),
-    `note` says so and the broker yielded is down: registrations then stay pending."""
+    `note` says so and the broker yielded is down: registrations then stay pending.
+
+    The broker dies with the station however the station ends: a tether process (station/cloud/tether.py) stops
+    it and deletes its folder (server key, admin password) once the station is gone. What a run left anyway
+    (the tether killed too, a reboot) is cleaned up here before the next broker starts."""
     from station.cloud.broker import BrokerPorts, LocalBroker, free_loopback_port, issuing_ca_from
 
-    folder = Path(tempfile.mkdtemp(prefix="station-demo-cloud-", dir="/tmp"))
+    clean_stale_demo_folders()
+    folder = Path(tempfile.mkdtemp(prefix=DEMO_FOLDER_PREFIX, dir=DEMO_FOLDER_PARENT))
     os.chmod(folder, 0o711)  # the broker drops to user mosquitto when started as root
+    (folder / OWNER_FILE).write_text(_process_identity(os.getpid()) + "\n")
     broker = LocalBroker(folder / "cloud", issuing_ca_from(ca),
                          BrokerPorts(admin=free_loopback_port(), devices=free_loopback_port(),
                                      devices_host="127.0.0.1"))
+    with _tether(folder, broker.state_dir):
+        try:
+            try:
+                broker.up()
+                note(f"local cloud: Mosquitto on 127.0.0.1:{broker.ports.devices} (TLS, device certificates)", "info")
+            except CloudError as exc:
+                note(f"local cloud not started ({exc}); boards will show registration pending", "warning")
+            yield broker
+        finally:
+            broker.down()
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _tether(folder: Path, state_dir: Path) -> Iterator[None]:
+    """The tether process for the demo folder, for as long as the block runs (see station/cloud/tether.py)."""
+    import subprocess
+    import sys
+
+    from station.cloud import tether
+
+    read_end, write_end = os.pipe()  # not inheritable: only the tether gets the read end, as its stdin
     try:
-        broker.up()
-        note(f"local cloud: Mosquitto on 127.0.0.1:{broker.ports.devices} (TLS, device certificates)", "info")
-    except CloudError as exc:
-        note(f"local cloud not started ({exc}); boards will show registration pending", "warning")
-    try:
-        yield broker
+        proc = subprocess.Popen([sys.executable, "-I", tether.__file__, str(folder), str(state_dir)],
+                                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={}, close_fds=True, start_new_session=True)
     finally:
-        broker.down()
+        os.close(read_end)
+    try:
+        yield
+    finally:
+        os.close(write_end)  # EOF: the tether finds the broker stopped and the folder gone, and ends
+        proc.wait()
+
+
+def clean_stale_demo_folders(parent: Path | None = None) -> list[Path]:
+    """Stop the broker of, and delete, every demo folder whose station is no longer running. Returns them."""
+    from station.cloud import tether
+
+    cleaned = []
+    for folder in sorted((parent or DEMO_FOLDER_PARENT).glob(DEMO_FOLDER_PREFIX + "*")):
+        try:
+            owner = (folder / OWNER_FILE).read_text().strip()
+        except FileNotFoundError:  # a demo writing it right now, or one from before owners were written
+            if time.time() - folder.stat().st_mtime < OWNERLESS_GRACE or _has_parent(folder / "cloud"):
+                continue
+            owner = ""
+        except OSError:
+            continue
+        pid = owner.split()[0] if owner else ""
+        if pid.isdigit() and _process_identity(int(pid)) == owner:
+            continue  # another demo running now
+        tether.stop_broker(str(folder / "cloud"))
         shutil.rmtree(folder, ignore_errors=True)
+        cleaned.append(folder)
+    return cleaned
+
+
+def _has_parent(state_dir: Path) -> bool:
+    """The folder's broker runs and its parent is still alive (not handed to init): a demo is using it."""
+    from station.cloud import tether
+
+    pid = tether.broker_pid(str(state_dir))
+    if pid is None:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] != "1"
+    except (OSError, IndexError):
+        return False
+
+
+def _process_identity(pid: int) -> str:
+    """"PID START_TIME": the start time tells a reused PID from the process that wrote it."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+    return f"{pid} {start}"
 
 
 def write_demo_manifest(folder: Path, batch_id: str, ca: StationCA, station: str) -> Path:

@@ -168,9 +168,12 @@ def test_wrong_chip_is_refused_before_writing(bench, tmp_path):
     boards = demo_fleet(1)  # an ESP32
     bench(boards)
     before = boards[0].flash.read(0, 0x20000)
-    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    journal = Journal(tmp_path / "j.sqlite3")
+    summary = run_batch(profile, tmp_path / "registry", journal)
     assert list(summary.failed.values()) == ["Wrong chip: profile wants ESP8266, board is ESP32"]
     assert boards[0].flash.read(0, 0x20000) == before
+    (device,) = journal.devices()
+    assert [(s.name, s.result) for s in journal.steps(device.id)] == [("detect", "fail")]  # a refusal: no retry
 
 
 def test_board_in_the_wrong_boot_mode_prompts_and_continues_after_replug(profile, bench, tmp_path):

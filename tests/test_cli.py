@@ -66,6 +66,9 @@ def test_provision_then_devices_and_export(tmp_path, hub):
     assert check.returncode == 0, check.stdout + check.stderr
     records = payloads(out)
     assert len(records) == 3
+    assert all(r["device_id"] in listing.stdout for r in records)  # the id `station void` asks for
+    # no broker runs here: the passed boards' registrations wait, and the export says so
+    assert sorted(r.get("registration", "none") for r in records) == ["none", "pending", "pending"]
     for rec, board in zip(sorted(records, key=lambda r: r["port"]), hub.boards):
         assert rec["mac"] == board.mac_text and rec["chip"] == board.chip.display_name
         assert rec["operator"] == "alice" and rec["lot"] == "L-42" and rec["station_id"]

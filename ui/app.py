@@ -211,7 +211,7 @@ class Station:
         loop = asyncio.get_running_loop()
         if self.settings.load_error:
             self.bridge.note(self.settings.load_error, "warning")
-        interrupted = await loop.run_in_executor(None, self.journal.recover)
+        interrupted = await loop.run_in_executor(None, services.recover, self.journal)  # voids their certificates
         for dev in interrupted:
             self.bridge.note(f"{self.settings.name(dev.port)}: the board there (batch {dev.batch_id}, "
                              f"{dev.chip or 'chip unknown'}) was interrupted last time; provision it again.",

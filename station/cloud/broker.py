@@ -62,6 +62,7 @@ STOP_TIMEOUT = 10.0
 SYS_INTERVAL = 2  # seconds between $SYS updates (connected-clients count for status)
 LOG_MARK = "--- station: starting broker"
 CRL_BACKDATE = 3600  # seconds; see _write_crl
+BROKER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}  # all the broker's environment
 
 
 @dataclass(frozen=True)
@@ -522,7 +523,8 @@ class LocalBroker:
             log.write(f"{LOG_MARK} {_now().isoformat()} ---\n".encode())
             offset = log.tell()
             proc = subprocess.Popen([binary, "-c", str(self.conf_path)], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                    env=BROKER_ENV)  # none of the station's secrets (STATION_CA_PASSPHRASE, …)
         self._proc = proc
         _write(self.pid_path, f"{proc.pid}\n".encode(), 0o644, None)
         deadline = time.monotonic() + START_TIMEOUT

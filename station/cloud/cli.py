@@ -85,7 +85,8 @@ def status(ctx):
 @click.pass_context
 def sync(ctx):
     """Deliver what waits in the outbox for the local broker (registrations and voids) now."""
-    from station.cloud.outbox import Outbox
+    from station.cloud.outbox import PENDING, Outbox
+    from station.cloud.registrar import VOID
     from station.journal import Journal
 
     data = data_dir(ctx.obj["data_dir"])
@@ -95,6 +96,9 @@ def sync(ctx):
     journal = Journal(data / "journal.sqlite3")
     outbox = Outbox(journal.path)
     try:
+        if any(row.action == VOID for row in outbox.rows(PENDING)):
+            broker.ca = load_issuing_ca(data)  # revoking signs a new CRL with the issuing key
+        outbox.due_now(["mosquitto"])  # asked for now: the backoff is for the background runner
         attempted = outbox.deliver_due({"mosquitto": broker.registrar("mosquitto")})
         counts = outbox.counts()
     finally:

@@ -15,7 +15,7 @@ def registrar_for(spec: CloudSpec, data: Path, ca=None, broker=None) -> Registra
         if broker is None:
             from station.cloud.broker import station_broker
 
-            broker = station_broker(data)
+            broker = station_broker(data, ca)  # with the CA's issuing key: a void signs the new CRL
         return broker.registrar("mosquitto")
     opts = spec.options
     if spec.registrar == "spark-server":

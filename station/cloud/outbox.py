@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +130,8 @@ class Outbox:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._in_flight: set[int] = set()  # rows this process claimed and has not recorded an outcome for
+        self._resumed = False  # run() has made what earlier runs left pending due again
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -144,27 +147,10 @@ class Outbox:
         The same device, registrar, action and payload again returns the existing row instead of a new one
         (unless that one failed), so a step that is retried does not register twice.
         """
-        if action not in (REGISTER, VOID):
-            raise ValueError(f"action must be '{REGISTER}' or '{VOID}', not {action!r}")
-        record = payload if isinstance(payload, DeviceRegistration) else DeviceRegistration.from_payload(payload)
-        if record.device_id != device_id:
-            raise ValueError(f"the payload is for device {record.device_id}, not {device_id}")
-        text = json.dumps(record.to_payload(), sort_keys=True)
-        now = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT id FROM registrations WHERE device_id = ? AND registrar = ? AND action = ? AND payload = ?"
-                " AND state IN (?, ?) ORDER BY id DESC LIMIT 1",
-                (device_id, registrar, action, text, PENDING, DELIVERED)).fetchone()
-            if row:
-                rid = int(row[0])
-            else:
-                rid = int(self._db.execute(
-                    "INSERT INTO registrations (device_id, registrar, action, payload, state, next_try, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)", (device_id, registrar, action, text, PENDING, now, now)
-                ).lastrowid)
-        self._kick()
+            rid = add_row(self._db, device_id, registrar, payload, action)
+        self.kick()
         return rid
 
     def enqueue_void(self, device: DeviceRegistration, registrar: str) -> int:
@@ -179,7 +165,7 @@ class Outbox:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             count = self._db.execute(sql, args).rowcount
-        self._kick()
+        self.kick()
         return count
 
     # --- reads --------------------------------------------------------------------------------------------
@@ -205,6 +191,33 @@ class Outbox:
             found = dict(self._db.execute("SELECT state, COUNT(*) FROM registrations GROUP BY state").fetchall())
         return {s: found.get(s, 0) for s in (PENDING, DELIVERED, FAILED)}
 
+    def pending_count(self, names: Iterable[str]) -> int:
+        """Pending rows for these registrars."""
+        names = tuple(names)
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM registrations WHERE state = ? AND registrar IN"
+                                    f" ({','.join('?' * len(names))})", (PENDING, *names)).fetchone()[0]
+
+    def awaiting_attempt(self, names: Iterable[str]) -> int:
+        """Pending rows for these registrars that are due now or being sent: what is worth waiting for. A row
+        waiting out its backoff after a failed attempt is not (the cloud did not answer; it goes out later).
+        Until run() has made earlier runs' rows due again, there is always something to wait for."""
+        names = tuple(names)
+        with self._lock:
+            due = self._db.execute(f"SELECT COUNT(*) FROM registrations WHERE state = ? AND next_try <= ? AND"
+                                   f" registrar IN ({','.join('?' * len(names))})",
+                                   (PENDING, time.time(), *names)).fetchone()[0]
+            return due + len(self._in_flight) + (0 if self._resumed else 1)
+
+    def device_states(self) -> dict[str, str]:
+        """Device id -> its registration state, as device_state() gives it, for every device with rows."""
+        rank = {FAILED: 3, PENDING: 2, DELIVERED: 1}
+        states: dict[str, str] = {}
+        for row in self.rows():
+            if rank[row.state] > rank.get(states.get(row.device_id, ""), 0):
+                states[row.device_id] = row.state
+        return states
+
     def device_state(self, device_id: str) -> str | None:
         """"failed" if any of the device's registrations failed, else "pending" if any waits, else
         "delivered"; None when it has none."""
@@ -223,7 +236,8 @@ class Outbox:
         self._loop, self._wake = loop, asyncio.Event()
         names = tuple(regs)
         try:
-            await loop.run_in_executor(self._pool, self._due_now, names)  # a restart retries at once
+            await loop.run_in_executor(self._pool, self.due_now, names)  # a restart retries at once
+            self._resumed = True
             while not stop.is_set():
                 self._wake.clear()
                 groups = await loop.run_in_executor(self._pool, self._claim, names)
@@ -249,7 +263,8 @@ class Outbox:
             self._deliver(regs[name], action, rows)
         return sum(len(rows) for rows in groups.values())
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
+        """Wake the running delivery task: a row was added (here or through add_row)."""
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             try:
@@ -257,7 +272,9 @@ class Outbox:
             except RuntimeError:  # the loop closed meanwhile
                 pass
 
-    def _due_now(self, names: tuple[str, ...]) -> None:
+    def due_now(self, names: Iterable[str]) -> None:
+        """Make the pending rows for these registrars due now (a restart, or `station cloud sync`)."""
+        names = tuple(names)
         if not names:
             return
         marks = ",".join("?" * len(names))
@@ -291,6 +308,7 @@ class Outbox:
                 f" ORDER BY id LIMIT ?", (PENDING, now, *names, PENDING, self.batch_size))]
             self._db.executemany("UPDATE registrations SET attempts = attempts + 1, next_try = ? WHERE id = ?",
                                  [(now + self.lease, r.id) for r in found])
+            self._in_flight.update(r.id for r in found)
         groups: dict[tuple[str, str], list[RegistrationRow]] = {}
         for r in found:
             groups.setdefault((r.registrar, r.action), []).append(
@@ -342,6 +360,7 @@ class Outbox:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             changed = self._db.execute(sql, args).rowcount
+            self._in_flight.discard(row.id)
         if not changed:
             return  # another runner finished it first: report nothing twice
         update = RegistrationUpdate(row.id, row.device_id, row.registrar, row.action, state, row.attempts, error,
@@ -356,6 +375,34 @@ class Outbox:
                 pass
         else:
             callback(update)
+
+
+def add_row(db: sqlite3.Connection, device_id: str, registrar: str, payload: DeviceRegistration | Mapping,
+            action: str = REGISTER) -> int:
+    """Outbox.enqueue inside the caller's write transaction on the journal's file (a board's end is written
+    with its journal record in one transaction); call Outbox.kick() after the commit."""
+    if action not in (REGISTER, VOID):
+        raise ValueError(f"action must be '{REGISTER}' or '{VOID}', not {action!r}")
+    record = payload if isinstance(payload, DeviceRegistration) else DeviceRegistration.from_payload(payload)
+    if record.device_id != device_id:
+        raise ValueError(f"the payload is for device {record.device_id}, not {device_id}")
+    text = json.dumps(record.to_payload(), sort_keys=True)
+    now = time.time()
+    row = db.execute(
+        "SELECT id FROM registrations WHERE device_id = ? AND registrar = ? AND action = ? AND payload = ?"
+        " AND state IN (?, ?) ORDER BY id DESC LIMIT 1",
+        (device_id, registrar, action, text, PENDING, DELIVERED)).fetchone()
+    if row:
+        return int(row[0])
+    return int(db.execute("INSERT INTO registrations (device_id, registrar, action, payload, state, next_try, created)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?)", (device_id, registrar, action, text, PENDING, now, now)
+                          ).lastrowid)
+
+
+def registrars_of(db: sqlite3.Connection, device_id: str) -> list[str]:
+    """The registrars a device has registration rows with (a void goes to each of them)."""
+    return [r[0] for r in db.execute("SELECT DISTINCT registrar FROM registrations WHERE device_id = ? ORDER BY 1",
+                                     (device_id,))]
 
 
 def _row(r: tuple) -> RegistrationRow:

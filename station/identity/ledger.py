@@ -71,7 +71,7 @@ class CertRecord:
         return x509.load_der_x509_certificate(self.certificate) if self.certificate else None
 
 
-_COLUMNS = ("serial_hex, subject_serial, device_id, public_key_sha256, key_origin, not_after, issued, voided, "
+COLUMNS = ("serial_hex, subject_serial, device_id, public_key_sha256, key_origin, not_after, issued, voided, "
             "void_reason, issuer_sha256, certificate")
 
 
@@ -156,7 +156,7 @@ class Ledger:
                 live = self._one_locked("subject_serial = ? AND voided IS NULL", (subject_serial,))
                 if live:
                     raise AlreadyProvisionedError(self._already_message_locked(live), live)
-                self._db.execute(f"INSERT INTO certificates ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                self._db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                  astuple(record))
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:  # another process won a race the checks above could not see
@@ -176,13 +176,7 @@ class Ledger:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._one_locked("serial_hex = ?", (serial.upper(),))
-                if row is None:
-                    raise LedgerError(f"No certificate with serial {serial} in the ledger {self.path}; check the "
-                                      f"serial (upper-case hex, as `station ca` and the manifest show it).")
-                if row.voided is None:
-                    self._db.execute("UPDATE certificates SET voided = ?, void_reason = ? WHERE serial_hex = ?",
-                                     (time.time(), reason, row.serial_hex))
+                row = void_certificate(self._db, serial, reason)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -206,7 +200,7 @@ class Ledger:
             return self._one_locked("public_key_sha256 = ?", (public_key_sha256(public_key),))
 
     def records(self, device_id: str | None = None) -> list[CertRecord]:
-        sql, args = f"SELECT {_COLUMNS} FROM certificates", ()
+        sql, args = f"SELECT {COLUMNS} FROM certificates", ()
         if device_id is not None:
             sql, args = sql + " WHERE device_id = ?", (device_id,)
         with self._lock:
@@ -228,7 +222,7 @@ class Ledger:
     # --- internals (caller holds the lock) ------------------------------------------------------------------
 
     def _one_locked(self, where: str, args: tuple) -> CertRecord | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM certificates WHERE {where}", args).fetchone()
+        row = self._db.execute(f"SELECT {COLUMNS} FROM certificates WHERE {where}", args).fetchone()
         return CertRecord(*row) if row else None
 
     def _where_when_locked(self, record: CertRecord) -> tuple[str, str]:
@@ -256,6 +250,24 @@ class Ledger:
         return (f"this key was seen before on {date} at port {port}, certified for {record.subject_serial} "
                 f"(certificate {record.serial_hex}, {state}) — the board's RNG or agent is broken. Do not ship "
                 f"this board; fix its key generation (or its agent) and provision it again.")
+
+
+def void_certificate(db: sqlite3.Connection, serial: str, reason: str) -> CertRecord:
+    """Void a certificate inside the caller's write transaction on the journal's file (Ledger.void, or a
+    board's end written together with its journal record). Voiding twice keeps the first."""
+    row = db.execute(f"SELECT {COLUMNS} FROM certificates WHERE serial_hex = ?", (serial.upper(),)).fetchone()
+    if row is None:
+        raise LedgerError(f"No certificate with serial {serial} in the ledger {_db_path(db)}; check the serial "
+                          f"(upper-case hex, as `station ca` and the manifest show it).")
+    record = CertRecord(*row)
+    if record.voided is None:
+        db.execute("UPDATE certificates SET voided = ?, void_reason = ? WHERE serial_hex = ?",
+                   (time.time(), reason, record.serial_hex))
+    return record
+
+
+def _db_path(db: sqlite3.Connection) -> str:
+    return next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "") or MEMORY
 
 
 def already_provisioned_message(ledger: Ledger, record: CertRecord) -> str:

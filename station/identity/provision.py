@@ -110,10 +110,3 @@ def identity_record(plan: IdentityPlan, ca: StationCA, cert: x509.Certificate) -
         "ephemeral_ca": ca.is_ephemeral,
         "void": False,
     }
-
-
-def void_identity(plan: IdentityPlan | None, ledger: Ledger, reason: str) -> None:
-    """A failed board must not leave a valid-looking identity: void its certificate if one was issued."""
-    if plan is not None and plan.record and not plan.record["void"]:
-        ledger.void(plan.record["certificate_serial"], reason)
-        plan.record["void"] = True

@@ -7,6 +7,7 @@ in the port's worker thread. `abort()` may be called from another thread to unbl
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import threading
 from typing import Callable
@@ -217,6 +218,9 @@ def explain(exc: Exception, doing: str) -> str:
     if "wrong boot mode" in lower:
         return ("Board is not in download mode (boot:0x13): hold BOOT while pressing RESET, "
                 f"or check the EN/IO0 auto-reset circuit ({text})")
+    if "exclusively lock" in lower or (isinstance(exc, OSError) and exc.errno in (errno.EBUSY, errno.EAGAIN)):
+        return (f"The port is in use by another program (another station, or a serial terminal): close it and "
+                f"try again ({text})")
     if "failed to connect" in lower or "no serial data received" in lower:
         return f"No answer from the board: is it powered and in download mode? ({text})"
     if isinstance(exc, (SerialException, OSError)) or "socket disconnected" in lower or "could not open" in lower:

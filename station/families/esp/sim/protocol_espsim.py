@@ -12,6 +12,8 @@ Wire format (docs/agent-protocol.md has the agent protocol; this is only the tra
 
     client -> server   PREAMBLE = 00 'ESPSIM1' 0A     (a SLIP packet starts with C0, so this never is one)
     server -> client   PREAMBLE                        (the server speaks espsim; no reset has happened)
+                    or BUSY = 00 'ESPBUSY' 0A, then the server closes: another espsim:// host holds the board
+                       (as a tty another program holds under an exclusive lock; pyserial says EBUSY)
     then both ways     frames: kind u8 | length u16 LE | data
 
     kind 0 DATA   both ways    serial bytes, 0..65535 per frame
@@ -46,6 +48,7 @@ from serial.serialutil import PortNotOpenError, SerialException, SerialTimeoutEx
 from serial.urlhandler import protocol_socket
 
 PREAMBLE = b"\x00ESPSIM1\n"
+BUSY = b"\x00ESPBUSY\n"
 KIND_DATA, KIND_LINES, KIND_SYNC = 0, 1, 2
 HEADER = struct.Struct("<BH")
 LINES = struct.Struct("<BQ")
@@ -167,6 +170,9 @@ class Serial(protocol_socket.Serial):
                     f"{self.portstr} did not answer the espsim handshake (is it a `station sim esp` board? "
                     "plain TCP serial servers take socket:// URLs)")
             got += chunk
+        if got.startswith(BUSY):
+            raise SerialException(errno.EBUSY, f"Could not exclusively lock port {self.portstr}: another program "
+                                               f"has it open")
         if not got.startswith(PREAMBLE):
             raise SerialException(f"{self.portstr} answered {got[:len(PREAMBLE)]!r}, not the espsim handshake")
         return got[len(PREAMBLE):]

@@ -36,8 +36,8 @@ from typing import Sequence
 from station.families.esp.sim.board import EspBoard
 from station.sim.registry import write_registry_file
 from station.families.esp.sim.protocol_espsim import (
-    DTR_BIT, KIND_DATA, KIND_LINES, KIND_SYNC, LINES, PREAMBLE, RTS_BIT, SYNC, SYNC_ECHO, FrameDecoder, encode_data,
-    encode_frame,
+    BUSY, DTR_BIT, KIND_DATA, KIND_LINES, KIND_SYNC, LINES, PREAMBLE, RTS_BIT, SYNC, SYNC_ECHO, FrameDecoder,
+    encode_data, encode_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,24 @@ class _Line:
         raise NotImplementedError
 
 
+HOLD_GRACE_S = 0.2  # how long a line that looks open gets for its host's close to arrive before it counts as held
+
+
+def _refuse_busy(conn: socket.socket) -> None:
+    """Say BUSY and hang up once the host has (closing with its preamble unread would reset the connection,
+    and the host might lose the answer)."""
+    try:
+        conn.sendall(BUSY)
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(HOLD_GRACE_S * 5)
+        while conn.recv(1 << 12):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
 class _TcpLine(_Line):
     """One TCP connection: espsim:// (framed, with DTR/RTS) or socket:// (raw; the connection is the reset)."""
 
@@ -180,6 +198,21 @@ class _TcpLine(_Line):
         self.framed = False
         self._send_lock = threading.Lock()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def held(self) -> bool:
+        """An espsim:// host still has this line open, as the station holds a tty (exclusively locked); one
+        that has just closed it to open it again (a reconnect) gets a moment for its close to arrive."""
+        if not self.framed or self.closing or not self.thread.is_alive():
+            return False
+        try:
+            if select.select([self.sock], [], [], HOLD_GRACE_S)[0] \
+                    and self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return False  # the host closed it
+        except BlockingIOError:
+            pass  # the line thread read what was there: the host is talking
+        except OSError:
+            return False
+        return self.thread.is_alive() and not self.closing
 
     def run(self) -> None:
         framed, first, eof = self._sniff()
@@ -500,7 +533,12 @@ class _Slot:
                     if self.listener is not listener:
                         conn.close()
                         return
-                    previous, self.line = self.line, None
+                    previous = self.line
+                if isinstance(previous, _TcpLine) and previous.held():
+                    _refuse_busy(conn)  # like a tty another program holds under an exclusive lock
+                    continue
+                with self.lock:
+                    self.line = None
                 if previous is not None:  # a second opener resets the chip under the first
                     previous.abort()
                     previous.join()
