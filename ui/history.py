@@ -104,18 +104,11 @@ def _when(ts: float | None) -> str:
 
 def registration_states(journal: Journal) -> dict[str, str]:
     """Blocking: device id -> its cloud registration state, from the outbox in the journal file."""
-    try:
-        from station.cloud.outbox import Outbox
-    except ImportError:
-        return {}
+    from station.cloud.outbox import Outbox
+
     outbox = Outbox(journal.path)
     try:
-        states: dict[str, str] = {}
-        for row in outbox.rows():  # failed beats pending beats delivered, as Outbox.device_state says
-            rank = {"failed": 3, "pending": 2, "delivered": 1}
-            if rank.get(row.state, 0) > rank.get(states.get(row.device_id, ""), 0):
-                states[row.device_id] = row.state
-        return states
+        return outbox.device_states()
     finally:
         outbox.close()
 
