@@ -13,7 +13,7 @@ from typing import Callable
 
 import esptool
 import esptool.cmds
-from esptool.util import FatalError, flash_size_bytes
+from esptool.util import FatalError, NotImplementedInROMError, flash_size_bytes
 import serial
 from serial import SerialException
 
@@ -61,7 +61,9 @@ class EspSession:
     def connected(self) -> bool:
         return self._esp is not None and self._serial is not None
 
-    def connect(self, baud: int, connect_attempts: int = 3) -> BoardInfo:
+    def connect(self, baud: int, chip: str | None = None, connect_attempts: int = 3) -> BoardInfo:
+        """Reset into the ROM loader, start the stub at `baud`, attach the flash. With `chip` (the one chip the
+        profile allows) esptool's chip detection is skipped and the board checked against it instead."""
         self.close()
         self._aborted = False
         with esptool_glue.routed_to(self):
@@ -70,14 +72,19 @@ class EspSession:
                 with self._lock:
                     self._serial = serial_port
                 serial_port.open()
-                esp = esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode="default-reset",
-                                               connect_attempts=connect_attempts)
+                esp = esptool_glue.connect_rom(serial_port, chip, connect_attempts)
+                # ROMs that can (ESP32 and later) switch the line rate before the stub upload, so the ~20 KB
+                # stub goes at `baud`, not 115200 (0.65 s); the stub keeps the UART rate it starts with. The
+                # ESP8266 ROM has no CHANGE_BAUDRATE: its stub is uploaded at 115200 and changes it below.
+                if baud != esp.get_baud():
+                    with contextlib.suppress(NotImplementedInROMError):
+                        esp.change_baud(baud)
                 esp = esptool.cmds.run_stub(esp)
                 with self._lock:
                     self._esp = esp
                 # the station has its own retry policy; esptool's reconnect loop would sleep 7 s on an unplug
                 esp.WRITE_FLASH_ATTEMPTS = 1
-                if baud != 115200:
+                if baud != esp.get_baud():
                     esp.change_baud(baud)
                 esptool.cmds.attach_flash(esp)
                 size_name = esptool.cmds.detect_flash_size(esp)
@@ -85,6 +92,9 @@ class EspSession:
                 return BoardInfo(family="esp", chip=esp.CHIP_NAME, mac=mac,
                                  flash_size=flash_size_bytes(size_name) if size_name else 0,
                                  description=esp.get_chip_description(), features=list(esp.get_chip_features()))
+            except esptool_glue.WrongChip as exc:
+                self.close()
+                raise StepFailed(str(exc)) from exc
             except (FatalError, SerialException, OSError) as exc:
                 self.close()
                 prompt = BOOT_MODE_PROMPT if "wrong boot mode" in str(exc).lower() else None

@@ -36,11 +36,12 @@ def options(profile: Profile) -> EspOptions:
 
 
 def detect(ctx: DeviceContext) -> str:
-    ctx.board = ctx.session.connect(options(ctx.profile).baud)
+    chips = [c for c in ctx.profile.chips if c in ESP_CHIPS]
+    # one chip allowed: the session checks the board against it instead of probing which chip it is
+    ctx.board = ctx.session.connect(options(ctx.profile).baud, chip=chips[0] if len(chips) == 1 else None)
     ctx.firmware = ctx.profile.firmware.get(ctx.board.chip)
     if ctx.firmware is None:
-        wants = " or ".join(c for c in ctx.profile.chips if c in ESP_CHIPS)
-        raise StepFailed(f"Wrong chip: profile wants {wants}, board is {ctx.board.chip}")
+        raise StepFailed(f"Wrong chip: profile wants {' or '.join(chips)}, board is {ctx.board.chip}")
     return f"{ctx.board.description}, MAC {ctx.board.mac}, {ctx.board.flash_size // (1024 * 1024)} MB flash"
 
 
