@@ -42,6 +42,7 @@ class EspSession:
         self._write_index = -1
         self._last_cur = 0
         self._last_total = -1
+        self._checked: list[tuple[int, int]] = []  # (offset, size) esptool's write checked by MD5, not written since
 
     # PortSink for esptool_glue: what esptool says in this thread comes here
     def log(self, level: str, message: str) -> None:
@@ -66,6 +67,7 @@ class EspSession:
         profile allows) esptool's chip detection is skipped and the board checked against it instead."""
         self.close()
         self._aborted = False
+        self._checked = []  # another connection may be another board
         with esptool_glue.routed_to(self):
             try:
                 serial_port = serial.serial_for_url(self.url, exclusive=True, do_not_open=True)
@@ -101,7 +103,8 @@ class EspSession:
                 raise StepFailed(explain(exc, "connect"), retryable=True, operator_prompt=prompt) from exc
 
     def write(self, images: list[tuple[int, bytes]]) -> None:
-        """Write images (compressed, through the stub) and let esptool check each one's MD5."""
+        """Write images (compressed, through the stub) and let esptool check each one's MD5 (which it does
+        unless the chip is in secure download mode)."""
         esp = self._require()
         self._write_plan = [len(data) for _, data in images]
         self._write_index, self._last_cur, self._last_total = -1, 0, -1
@@ -112,12 +115,22 @@ class EspSession:
             except (FatalError, SerialException, OSError) as exc:
                 self.close()
                 raise StepFailed(explain(exc, "write")) from exc
+        written = [(offset, len(data)) for offset, data in images]
+        self._checked = [r for r in self._checked if not any(_overlap(r, w) for w in written)]
+        if not esp.secure_download_mode:
+            self._checked += written
 
-    def verify(self, images: list[tuple[int, bytes]]) -> None:
-        """Ask the board for the MD5 of every region written and compare it with what was meant to be there."""
+    def verify(self, images: list[tuple[int, bytes]], everything: bool = False) -> int:
+        """Ask the board for the MD5 of each region written and compare it with what was meant to be there:
+        every region with `everything`, else those esptool's write has not checked already (it asks the MD5
+        of each image once written; an MD5 of 4 MB takes the board seconds). How many regions were asked."""
         esp = self._require()
+        asked = 0
         with esptool_glue.routed_to(self):
             for offset, data in images:
+                if not everything and (offset, len(data)) in self._checked:
+                    continue
+                asked += 1
                 try:
                     actual = esp.flash_md5sum(offset, len(data))
                 except (FatalError, SerialException, OSError) as exc:
@@ -126,6 +139,7 @@ class EspSession:
                 if actual != hashlib.md5(data).hexdigest():
                     raise StepFailed(f"Verify failed: flash at {offset:#x} ({len(data)} bytes) does not hold "
                                      f"what was written (MD5 {actual[:8]}…). The flash may be faulty.")
+        return asked
 
     def read(self, offset: int, size: int) -> bytes:
         esp = self._require()
@@ -176,6 +190,10 @@ class EspSession:
         if esp is None:
             raise StepFailed("Lost the connection to the board" if self._aborted else "Board is not connected")
         return esp
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
 
 
 def explain(exc: Exception, doing: str) -> str:
