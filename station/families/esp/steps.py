@@ -6,6 +6,7 @@ background worker while the firmware is flashing, and written in the same sessio
 """
 from __future__ import annotations
 
+from station.families.esp import esptool_glue
 from station.families.esp.identity import build_identity_image, identity_target_step, read_back_certificate
 from station.families.esp.image import ImageError, check_app_image
 from station.families.esp.payloads import PayloadError
@@ -37,6 +38,8 @@ def options(profile: Profile) -> EspOptions:
 
 def detect(ctx: DeviceContext) -> str:
     chips = [c for c in ctx.profile.chips if c in ESP_CHIPS]
+    if len(chips) == 1:  # the images are known: deflate them (once per batch) while the board connects
+        ctx.pool.submit(esptool_glue.precompress, [i.data for i in ctx.profile.firmware[chips[0]].images])
     # one chip allowed: the session checks the board against it instead of probing which chip it is
     ctx.board = ctx.session.connect(options(ctx.profile).baud, chip=chips[0] if len(chips) == 1 else None)
     ctx.firmware = ctx.profile.firmware.get(ctx.board.chip)
