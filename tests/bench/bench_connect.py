@@ -13,9 +13,10 @@ Setup
   * A temporary profile: ESP32 only, bootloader, partition table and a compressible 1 MiB app, baud 921600.
 
 Measurements (each round; order alternating)
-  ttfb          EspSession on board 1's espsim:// URL (what the station opens): port opened -> first flash
-                block accepted (first progress tick with bytes done), the profile's one chip given
-  ttfb-engine   the same through the engine: detect step started -> first Progress of the flash step
+  ttfb-engine   the target figure: through the engine on 1 board (station-1 below), detect step started (it
+                opens the port) -> first Progress of the flash step with bytes done (first block accepted)
+  ttfb-session  EspSession alone on board 1's espsim:// URL: port opened -> first progress tick with bytes
+                done, the profile's one chip given (context: no journal, no engine)
   station-1     Engine.run_batch on board 1, whole device (detect ... reset)
   esptool-1     one stock `python -m esptool write-flash` process on board 1 (socket://), same images
   station-N     Engine.run_batch on all N boards; its CPU seconds (all threads of this process) / N
@@ -45,6 +46,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_batch as bb  # noqa: E402  (REPO on sys.path, child-process helpers)
+import serial  # noqa: E402
+from esptool.reset import HardReset  # noqa: E402
 
 from station import events as ev  # noqa: E402
 from station.discovery import Discovery  # noqa: E402
@@ -58,7 +61,7 @@ from station.profiles import load_profile  # noqa: E402
 BAUD = 921600
 APP_SIZE = 1 << 20
 TARGETS = {  # key: (label, comparison, bound)
-    "ttfb": ("time to first byte, 1 ESP32 (s)", "<=", 0.60),
+    "ttfb": ("time to first byte, 1 ESP32, engine (s)", "<=", 0.60),
     "e2e": ("station-1 / esptool-1 (compressible 1 MiB)", "<=", 0.85),
     "scale": ("station-N / station-1 wall", "<=", 1.03),
     "cpu": ("station CPU per board at N ports (s)", "<=", 0.15),
@@ -82,6 +85,17 @@ def write_profile(folder: Path, verify: str = "unchecked") -> tuple[list[tuple[i
     return [(offset, folder / name) for offset, name, _ in images], profile
 
 
+def boot_app(url: str) -> None:
+    """Pulse EN so the board boots its app, as a board on the bench would be: no run starts talking to a flasher
+    stub a previous run left behind (a connect that never resets would find it and look fast)."""
+    port = serial.serial_for_url(url, do_not_open=True)
+    port.open()
+    try:
+        HardReset(port)()
+    finally:
+        port.close()
+
+
 def ttfb_session(url: str, app: bytes) -> float:
     first: list[float] = []
     session = EspSession(url, lambda level, message: None,
@@ -98,6 +112,7 @@ def ttfb_session(url: str, app: bytes) -> float:
 def run_engine(profile_path: Path, registry: Path, journal: Journal, only: list[str] | None, expect: int) -> dict:
     marks: dict[str, dict[str, float]] = {}
     details: dict[str, dict[str, str]] = {}
+    seconds: dict[str, list[float]] = {}
     failures: list[str] = []
 
     def listen(event: ev.Event) -> None:
@@ -108,6 +123,7 @@ def run_engine(profile_path: Path, registry: Path, journal: Journal, only: list[
             marks.setdefault(event.key, {}).setdefault("first", now)
         elif isinstance(event, ev.StepDone):
             details.setdefault(event.key, {})[event.step] = event.detail
+            seconds.setdefault(event.step, []).append(event.seconds)
             if not event.ok:
                 failures.append(f"{event.key}: {event.step}: {event.detail}")
 
@@ -129,7 +145,8 @@ def run_engine(profile_path: Path, registry: Path, journal: Journal, only: list[
     if summary.failed or len(summary.passed) != expect:
         raise bb.BenchError(f"station-{expect}: {len(summary.passed)} passed; failures: {failures}")
     ttfb = [m["first"] - m["detect"] for m in marks.values() if "first" in m]
-    return {"wall": wall, "cpu": cpu, "ttfb": ttfb, "details": details}
+    return {"wall": wall, "cpu": cpu, "ttfb": ttfb, "details": details, "steps": seconds,
+            "started": sorted(m["detect"] for m in marks.values())}
 
 
 def run_esptool(url: str, images: list[tuple[int, Path]], logdir: Path, index: int) -> float:
@@ -213,25 +230,37 @@ def main(argv: list[str] | None = None) -> int:
         socket_url = server.urls[0]
 
         results: dict[str, list[float]] = {k: [] for k in
-                                           ("ttfb", "ttfb_engine", "station1", "esptool1", "stationN", "cpuN")}
+                                           ("ttfb", "ttfb_engine", "station1", "esptool1", "stationN", "cpuN",
+                                            "emuN")}
         verify_details: list[str] = []
+        steps1: list[dict[str, list[float]]] = []
+        stepsN: list[dict[str, list[float]]] = []
+        starts: list[float] = []
         for index in range(args.rounds):
             plan = ["ttfb", "station1", "esptool1", "stationN"]
             for kind in plan if index % 2 == 0 else plan[::-1]:
                 if kind == "ttfb":
                     results["ttfb"].append(ttfb_session(by_location[one], app))
+                    boot_app(by_location[one])
                 elif kind == "station1":
                     run = run_engine(profile, registry, journal, [one], 1)
                     results["station1"].append(run["wall"])
+                    steps1.append(run["steps"])
                     results["ttfb_engine"] += run["ttfb"]
                     verify_details.append(run["details"][one]["verify"])
                 elif kind == "esptool1":
                     results["esptool1"].append(run_esptool(socket_url, images, logdir, index))
+                    boot_app(by_location[one])  # socket:// cannot reset: the stub would still be running
                 else:
+                    emu0 = bb.proc_cpu_seconds(server.proc.pid)
                     run = run_engine(profile, registry, journal, None, args.ports)
+                    results["emuN"].append(bb.proc_cpu_seconds(server.proc.pid) - emu0)
                     results["stationN"].append(run["wall"])
+                    stepsN.append(run["steps"])
+                    starts.append(run["started"][-1] - run["started"][0])
                     results["cpuN"].append(run["cpu"] / args.ports)
-            print(f"round {index + 1}: ttfb {results['ttfb'][-1]:.3f} s  station-1 {results['station1'][-1]:.2f} s  "
+            print(f"round {index + 1}: ttfb {results['ttfb_engine'][-1]:.3f} s (session {results['ttfb'][-1]:.3f} s)  "
+                  f"station-1 {results['station1'][-1]:.2f} s  "
                   f"esptool-1 {results['esptool1'][-1]:.2f} s  station-{args.ports} {results['stationN'][-1]:.2f} s "
                   f"(CPU/board {results['cpuN'][-1]:.3f} s)", flush=True)
         run_all = run_engine(profile_all, registry, journal, [one], 1)
@@ -249,16 +278,23 @@ def main(argv: list[str] | None = None) -> int:
         e2e = [s / e for s, e in zip(results["station1"], results["esptool1"])]
         scale = [n / s for n, s in zip(results["stationN"], results["station1"])]
         figures = {
-            "ttfb": results["ttfb"], "e2e": e2e, "scale": scale, "cpu": results["cpuN"],
+            "ttfb": results["ttfb_engine"], "e2e": e2e, "scale": scale, "cpu": results["cpuN"],
             "poll_static": [polls["static_N"] / max(polls["static_1"], 1.0)],
             "poll_sim": [polls["sim_N"] / max(polls["sim_1"], 1.0)],
         }
         print()
         print("context (median [range] of rounds)")
-        print(f"  ttfb through the engine (detect started -> first flash Progress) {spread(results['ttfb_engine'])} s")
+        print(f"  ttfb of EspSession alone (port opened -> first block accepted) {spread(results['ttfb'])} s")
         for key, label in (("station1", "station-1 wall"), ("esptool1", "esptool-1 wall"),
                            ("stationN", f"station-{args.ports} wall")):
             print(f"  {label:<28} {spread(results[key])} s")
+        print(f"  CPU during station-{args.ports}: station {spread([c * args.ports for c in results['cpuN']])} s, "
+              f"emulator process {spread(results['emuN'])} s (of {2 * bb.med(results['stationN']):.1f} core-seconds)")
+        for label, runs in (("1 port", steps1), (f"{args.ports} ports", stepsN)):
+            names = list(runs[0])
+            print(f"  steps at {label:<9} " + "  ".join(
+                f"{n} {bb.med([s for r in runs for s in r.get(n, [])]):.2f}" for n in names) + " s (median)")
+        print(f"  last detect started {bb.med(starts):.3f} s after the first, at {args.ports} ports")
         print(f"  syscalls per poll: --port 1 URL {polls['static_1']:.1f}, {args.ports} URLs {polls['static_N']:.1f}; "
               f"registry 1 board {polls['sim_1']:.1f}, {args.ports} boards {polls['sim_N']:.1f}; "
               f"real hub (serial + USB, this machine) {polls['hub']:.1f}")
