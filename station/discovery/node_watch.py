@@ -1,9 +1,10 @@
 """Has anything been plugged or unplugged since the last look? One stat() per watched directory.
 
-Creating or removing a device node (/dev/ttyUSB0, /dev/bus/usb/001/007) changes its directory's mtime, so a
-source re-lists its ports (pyserial's comports(), libusb's enumeration: work that grows with the number of
-ports) only when a watched mtime has moved. Two changes within one tick of the filesystem clock can leave
-the mtime as the first change set it, so while an mtime is that recent every look counts as a change.
+Creating or removing a device node (/dev/ttyUSB0, /dev/bus/usb/001/007) or an emulator's registry file
+changes its directory's mtime, so a source re-lists its ports (pyserial's comports(), libusb's enumeration,
+reading the registry: work that grows with the number of ports) only when a watched mtime has moved. Two
+changes within one tick of the filesystem clock can leave the mtime as the first change set it, so while an
+mtime is that recent every look counts as a change.
 """
 from __future__ import annotations
 

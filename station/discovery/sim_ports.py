@@ -5,37 +5,27 @@ when it is unplugged, and it carries the same facts list_ports or pyusb give for
 emulator writes the same schema, so one source finds them all.
 
 A poll costs one stat() of the directory: boards are published and removed by renaming and unlinking files
-(station/sim/registry.py), which changes the directory's mtime, so the files are read again only then. A
-change within the filesystem's timestamp granularity of the last read could leave the mtime as it was, so
-while the mtime is that recent every poll reads the files again.
+(station/sim/registry.py), which changes the directory's mtime, so the files are read again only then.
 """
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
 
+from station.discovery.node_watch import NodeWatch
 from station.families import family_of_usb_id
 from station.model import PortInfo
-
-RECENT_NS = 1_000_000_000  # an mtime younger than this may still hide a second change in the same tick
 
 
 class SimPortSource:
     def __init__(self, registry: Path):
         self.registry = Path(registry)
-        self._seen_mtime: int | None = None
+        self._watch = NodeWatch(self.registry)
         self._ports: list[PortInfo] = []
 
     def scan(self) -> list[PortInfo]:
-        try:
-            mtime = os.stat(self.registry).st_mtime_ns
-        except OSError:
-            mtime = None  # no registry (yet): read (nothing) every time
-        if mtime is None or mtime != self._seen_mtime or time.time_ns() - mtime < RECENT_NS:
+        if self._watch.changed():
             self._ports = self._read()
-            self._seen_mtime = mtime
         return list(self._ports)
 
     def _read(self) -> list[PortInfo]:

@@ -42,7 +42,7 @@ class EspSession:
         self._write_index = -1
         self._last_cur = 0
         self._last_total = -1
-        self._checked: list[tuple[int, int]] = []  # (offset, size) esptool's write checked by MD5, not written since
+        self._checked: list[tuple[int, int]] = []  # (offset, size) esptool's write checked, not overwritten since
 
     # PortSink for esptool_glue: what esptool says in this thread comes here
     def log(self, level: str, message: str) -> None:
@@ -64,7 +64,7 @@ class EspSession:
 
     def connect(self, baud: int, chip: str | None = None, connect_attempts: int = 3) -> BoardInfo:
         """Reset into the ROM loader, start the stub at `baud`, attach the flash. With `chip` (the one chip the
-        profile allows) esptool's chip detection is skipped and the board checked against it instead."""
+        profile allows) a board that is another chip is refused before anything is uploaded."""
         self.close()
         self._aborted = False
         self._checked = []  # another connection may be another board

@@ -40,7 +40,7 @@ def detect(ctx: DeviceContext) -> str:
     chips = [c for c in ctx.profile.chips if c in ESP_CHIPS]
     if len(chips) == 1:  # the images are known: deflate them (once per batch) while the board connects
         ctx.pool.submit(esptool_glue.precompress, [i.data for i in ctx.profile.firmware[chips[0]].images])
-    # one chip allowed: the session checks the board against it instead of probing which chip it is
+    # one chip allowed: a board that is another chip is refused before the stub goes up
     ctx.board = ctx.session.connect(options(ctx.profile).baud, chip=chips[0] if len(chips) == 1 else None)
     ctx.firmware = ctx.profile.firmware.get(ctx.board.chip)
     if ctx.firmware is None:
