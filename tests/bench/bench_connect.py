@@ -91,6 +91,7 @@ def boot_app(url: str) -> None:
     port = serial.serial_for_url(url, do_not_open=True)
     port.open()
     try:
+        port.dtr = False  # opening asserted it; with DTR asserted, esptool's RTS pulse would hold IO0, not EN
         HardReset(port)()
     finally:
         port.close()
