@@ -11,6 +11,9 @@ Setup
   * `station sim esp --chip esp32 --count 24 --baud-throttle` in its own process (bench_batch.py's helper):
     each board paces its line to 115200 baud until CHANGE_BAUDRATE, then to the new rate.
   * A temporary profile: ESP32 only, bootloader, partition table and a compressible 1 MiB app, baud 921600.
+  * Board 1 is reset into its app after the session-only run and after esptool (socket:// cannot reset it),
+    so no run finds a flasher stub left running by the one before (a connect that never resets would answer
+    at once and look fast).
 
 Measurements (each round; order alternating)
   ttfb-engine   the target figure: through the engine on 1 board (station-1 below), detect step started (it
@@ -23,6 +26,7 @@ Measurements (each round; order alternating)
   discovery     system calls per scan() (strace -c, N scans minus 0 scans, in a child process) for --port
                 URLs and for the emulator registry, at 1 and N ports
   verify        regions the verify step asked the board for again, default and with [profile] verify = "all"
+Context lines: step times at 1 and N ports, CPU of the station and of the emulator process during station-N.
 
 Targets: ttfb <= 0.6 s; station-1 / esptool-1 <= 0.85; station-N / station-1 <= 1.03; CPU per board at N ports
 <= 0.15 s; discovery syscalls per poll at N ports / at 1 port <= 1.0 (O(1)).
