@@ -57,6 +57,13 @@ def test_wrong_type_names_key_and_expected_type(profile_dir):
     assert "[profile.baud] expected integer, got a string 'fast'" in message
 
 
+def test_verify_mode_is_one_of_two_and_defaults_to_unchecked(profile_dir):
+    assert load_profile(profile_dir / "p.toml").options["esp"].verify == "unchecked"
+    message = refused(edit(profile_dir, 'baud = 921600', 'baud = 921600\nverify = "twice"'))
+    assert "[profile.verify] verify 'twice' is not known" in message and '"all"' in message
+    assert load_profile(edit(profile_dir, 'verify = "twice"', 'verify = "all"')).options["esp"].verify == "all"
+
+
 def test_missing_firmware_file(profile_dir):
     (profile_dir / "firmware/mqtt-sensor-esp32/mqtt-sensor.bin").unlink()
     message = refused(profile_dir / "p.toml")

@@ -38,12 +38,15 @@ def _natural(key: str) -> list:
 
 def hub_sources(sim_registry: Path | None = None) -> list[PortSource]:
     """Every board on the real hub, of every family; plus emulated boards when a registry is given."""
+    from station.discovery.node_watch import NodeWatch
     from station.discovery.serial_ports import SerialPortSource
     from station.discovery.sim_ports import SimPortSource
     from station.discovery.usb_devices import UsbDeviceSource
     from station.families import usb_ids
 
-    sources: list[PortSource] = [SerialPortSource(usb_ids("serial")), UsbDeviceSource(usb_ids("usb"))]
+    # polls cost a stat() per watched directory until a device node comes or goes
+    sources: list[PortSource] = [SerialPortSource(usb_ids("serial"), watch=NodeWatch("/dev")),
+                                 UsbDeviceSource(usb_ids("usb"), watch=NodeWatch("/dev/bus/usb", subfolders=True))]
     if sim_registry is not None:
         sources.append(SimPortSource(sim_registry))
     return sources

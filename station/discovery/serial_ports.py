@@ -1,18 +1,26 @@
 """Real serial ports from pyserial's list_ports, filtered by the families' VID:PID tables and keyed by USB
-location."""
+location. With a NodeWatch, ports are listed again only when device nodes came or went."""
 from __future__ import annotations
 
 from serial.tools import list_ports
 
+from station.discovery.node_watch import NodeWatch
 from station.model import PortInfo
 from station.text import one_line
 
 
 class SerialPortSource:
-    def __init__(self, ids: dict[tuple[int, int], tuple[str, str]]):
+    def __init__(self, ids: dict[tuple[int, int], tuple[str, str]], watch: NodeWatch | None = None):
         self.ids = ids  # (VID, PID) -> (family, what it is)
+        self.watch = watch
+        self._ports: list[PortInfo] = []
 
     def scan(self) -> list[PortInfo]:
+        if self.watch is None or self.watch.changed():
+            self._ports = self._list()
+        return list(self._ports)
+
+    def _list(self) -> list[PortInfo]:
         ports = []
         for info in list_ports.comports():
             known = self.ids.get((info.vid, info.pid))

@@ -4,6 +4,9 @@ The registry plays the part udev plays for real hubs: a file appears when a boar
 when it is unplugged, and it carries the same facts list_ports or pyusb give for a real port. Every family's
 emulator writes the same schema, so one source finds them all. Anyone can write a file there, so each is
 checked like input: a malformed one is left out (and said once in the log), never a crash of the station.
+
+A poll costs one stat() of the directory: boards are published and removed by renaming and unlinking files
+(station/sim/registry.py), which changes the directory's mtime, so the files are read again only then.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from station.discovery.node_watch import NodeWatch
 from station.families import family_of_usb_id
 from station.model import PortInfo
 from station.text import one_line
@@ -27,8 +31,15 @@ class SimPortSource:
     def __init__(self, registry: Path):
         self.registry = Path(registry)
         self._reported: set[tuple[str, str]] = set()  # (file, problem) already logged
+        self._watch = NodeWatch(self.registry)
+        self._ports: list[PortInfo] = []
 
     def scan(self) -> list[PortInfo]:
+        if self._watch.changed():
+            self._ports = self._read()
+        return list(self._ports)
+
+    def _read(self) -> list[PortInfo]:
         ports = []
         for file in sorted(self.registry.glob("*.json")):
             try:

@@ -3,7 +3,8 @@
 The key is `BUS-PORT.PORT`, the string pyserial's `ListPortInfo.location` has before its ":1.0" interface
 suffix and dfu-util's `-p` takes, so a board keeps its tile when it switches between run-time (serial) and
 DFU mode. Never the USB serial: STM32 ROM bootloaders derive theirs from part of the chip UID and collide
-(PROTOCOLS §2). Hot-plug is polling: every `scan()` enumerates afresh.
+(PROTOCOLS §2). Hot-plug is polling: `scan()` enumerates afresh, or with a NodeWatch only after the host's USB
+device nodes changed.
 
 `open_usb(url)` turns a port's url back into a `usb.core.Device`. Schemes other than `usb://` (an emulator's,
 say) register an opener here, so the station core never imports them.
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 import usb.core
 
+from station.discovery.node_watch import NodeWatch
 from station.model import PortInfo
 
 log = logging.getLogger(__name__)
@@ -49,13 +51,21 @@ def location_of(device: usb.core.Device) -> str | None:
 class UsbDeviceSource:
     """Lists the USB devices whose VID:PID is in `ids` ((vid, pid) -> (family, description))."""
 
-    def __init__(self, ids: dict[tuple[int, int], tuple[str, str]], backend=None, scheme: str = "usb"):
+    def __init__(self, ids: dict[tuple[int, int], tuple[str, str]], backend=None, scheme: str = "usb",
+                 watch: NodeWatch | None = None):
         self.ids = ids
         self.backend = backend
         self.scheme = scheme  # the url scheme `open_usb` will be given back for these devices
+        self.watch = watch  # the host's device nodes: enumerate again only when they changed
         self.problem: str | None = None  # why nothing can be listed, once known
+        self._ports: list[PortInfo] = []
 
     def scan(self) -> list[PortInfo]:
+        if self.watch is None or self.watch.changed():
+            self._ports = self._enumerate()
+        return list(self._ports)
+
+    def _enumerate(self) -> list[PortInfo]:
         try:
             devices = list(usb.core.find(find_all=True, backend=self.backend))
         except usb.core.NoBackendError:

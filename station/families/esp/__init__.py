@@ -19,7 +19,8 @@ class EspFamily(BoardFamily):
     transport = "serial"
     url_schemes = ("", "socket", "rfc2217", "espsim")
     chips = esp_profile.ESP_CHIPS
-    profile_keys = {"": ("nvs",), "profile": ("baud",), "wifi": ("partition",), "identity": ("store", "partition")}
+    profile_keys = {"": ("nvs",), "profile": ("baud", "verify"), "wifi": ("partition",),
+                    "identity": ("store", "partition")}
     policies = {
         "detect": StepPolicy(timeout=30, retries=1),
         "check": StepPolicy(timeout=10, retries=0),

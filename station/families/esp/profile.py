@@ -16,6 +16,7 @@ IMAGE_KINDS = ("bootloader", "partition-table", "app", "data")
 ESP_CHIPS = ("ESP32", "ESP32-C3", "ESP8266")
 NVS_TYPES = ("u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "string")
 IDENTITY_STORES = ("auto", "esp_secure_cert", "littlefs")
+VERIFY_MODES = ("unchecked", "all")  # which written regions the verify step asks the board's MD5 of
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class EspOptions:
     wifi_partition: str  # the NVS partition (by name in the firmware's partition table) that takes Wi-Fi
     identity_store: str  # "auto" (by the partition table), "esp_secure_cert" or "littlefs"
     identity_partition: str | None  # its name in the firmware's partition table; None: found by type
+    verify: str = "unchecked"  # "unchecked": only regions esptool's write did not check; "all": every region
 
     def nvs_values(self):
         """The profile's own NVS namespaces as the NVS builder takes them."""
@@ -82,11 +84,16 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
     baud = meta.get("baud", int, 921600)
     if not 9600 <= baud <= 5_000_000:
         meta.fail(f"baud {baud} is out of range; use a rate such as 460800 or 921600.", "baud")
+    verify = meta.get("verify", str, "unchecked")
+    if verify not in VERIFY_MODES:
+        meta.fail(f"verify '{verify}' is not known; use \"unchecked\" (regions esptool's write has not checked) "
+                  "or \"all\" (every written region again).", "verify")
     wifi_raw = top.raw.get("wifi", {})
     ident_raw = top.raw.get("identity", {})
     wifi_partition = top.sub("wifi", wifi_raw).get("partition", str, "nvs") if generic["wifi"] else "nvs"
     options = EspOptions(baud=baud, nvs=_load_nvs(top), wifi_partition=wifi_partition,
-                         identity_store=ident_raw.get("store", "auto"), identity_partition=ident_raw.get("partition"))
+                         identity_store=ident_raw.get("store", "auto"), identity_partition=ident_raw.get("partition"),
+                         verify=verify)
     identity: IdentitySpec | None = generic["identity"]
     if identity is not None:
         table = top.sub("identity", ident_raw)

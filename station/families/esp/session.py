@@ -14,7 +14,7 @@ from typing import Callable
 
 import esptool
 import esptool.cmds
-from esptool.util import FatalError, flash_size_bytes
+from esptool.util import FatalError, NotImplementedInROMError, flash_size_bytes
 import serial
 from serial import SerialException
 
@@ -45,6 +45,7 @@ class EspSession:
         self._last_total = -1
         # "no-reset" once a person has put the board in download mode: a reset by the bridge would undo it
         self._connect_mode = "default-reset"
+        self._checked: list[tuple[int, int]] = []  # (offset, size) esptool's write checked, not overwritten since
 
     # PortSink for esptool_glue: what esptool says in this thread comes here
     def log(self, level: str, message: str) -> None:
@@ -64,9 +65,12 @@ class EspSession:
     def connected(self) -> bool:
         return self._esp is not None and self._serial is not None
 
-    def connect(self, baud: int, connect_attempts: int = 3) -> BoardInfo:
+    def connect(self, baud: int, chip: str | None = None, connect_attempts: int = 3) -> BoardInfo:
+        """Reset into the ROM loader, start the stub at `baud`, attach the flash. With `chip` (the one chip the
+        profile allows) a board that is another chip is refused before anything is uploaded."""
         self.close()
         self._aborted = False
+        self._checked = []  # another connection may be another board
         with esptool_glue.routed_to(self):
             try:
                 serial_port = serial.serial_for_url(self.url, exclusive=True, do_not_open=True)
@@ -74,14 +78,19 @@ class EspSession:
                     self._serial = serial_port
                 serial_port.open()
                 mode, self._connect_mode = self._connect_mode, "default-reset"
-                esp = esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode=mode,
-                                               connect_attempts=connect_attempts)
+                esp = esptool_glue.connect_rom(serial_port, chip, connect_attempts, mode)
+                # ROMs that can (ESP32 and later) switch the line rate before the stub upload, so the ~20 KB
+                # stub goes at `baud`, not 115200 (0.65 s); the stub keeps the UART rate it starts with. The
+                # ESP8266 ROM has no CHANGE_BAUDRATE: its stub is uploaded at 115200 and changes it below.
+                if baud != esp.get_baud():
+                    with contextlib.suppress(NotImplementedInROMError):
+                        esp.change_baud(baud)
                 esp = esptool.cmds.run_stub(esp)
                 with self._lock:
                     self._esp = esp
                 # the station has its own retry policy; esptool's reconnect loop would sleep 7 s on an unplug
                 esp.WRITE_FLASH_ATTEMPTS = 1
-                if baud != 115200:
+                if baud != esp.get_baud():
                     esp.change_baud(baud)
                 esptool.cmds.attach_flash(esp)
                 size_name = esptool.cmds.detect_flash_size(esp)
@@ -89,6 +98,9 @@ class EspSession:
                 return BoardInfo(family="esp", chip=esp.CHIP_NAME, mac=mac,
                                  flash_size=flash_size_bytes(size_name) if size_name else 0,
                                  description=esp.get_chip_description(), features=list(esp.get_chip_features()))
+            except esptool_glue.WrongChip as exc:
+                self.close()
+                raise StepFailed(str(exc)) from exc
             except (FatalError, SerialException, OSError) as exc:
                 self.close()
                 if "wrong boot mode" in str(exc).lower():
@@ -106,7 +118,7 @@ class EspSession:
                 self._serial = serial_port
             serial_port.open()
             with esptool_glue.routed_to(_Quiet()):
-                esptool.cmds.detect_chip(serial_port, baud=115200, connect_mode="no-reset", connect_attempts=1)
+                esptool_glue.connect_rom(serial_port, None, 1, "no-reset")
         except (FatalError, SerialException, OSError):
             return False
         finally:
@@ -115,7 +127,8 @@ class EspSession:
         return True
 
     def write(self, images: list[tuple[int, bytes]]) -> None:
-        """Write images (compressed, through the stub) and let esptool check each one's MD5."""
+        """Write images (compressed, through the stub) and let esptool check each one's MD5 (which it does
+        unless the chip is in secure download mode)."""
         esp = self._require()
         self._write_plan = [len(data) for _, data in images]
         self._write_index, self._last_cur, self._last_total = -1, 0, -1
@@ -126,12 +139,22 @@ class EspSession:
             except (FatalError, SerialException, OSError) as exc:
                 self.close()
                 raise StepFailed(explain(exc, "write")) from exc
+        written = [(offset, len(data)) for offset, data in images]
+        self._checked = [r for r in self._checked if not any(_overlap(r, w) for w in written)]
+        if not esp.secure_download_mode:
+            self._checked += written
 
-    def verify(self, images: list[tuple[int, bytes]]) -> None:
-        """Ask the board for the MD5 of every region written and compare it with what was meant to be there."""
+    def verify(self, images: list[tuple[int, bytes]], everything: bool = False) -> int:
+        """Ask the board for the MD5 of each region written and compare it with what was meant to be there:
+        every region with `everything`, else those esptool's write has not checked already (it asks the MD5
+        of each image once written; an MD5 of 4 MB takes the board seconds). How many regions were asked."""
         esp = self._require()
+        asked = 0
         with esptool_glue.routed_to(self):
             for offset, data in images:
+                if not everything and (offset, len(data)) in self._checked:
+                    continue
+                asked += 1
                 try:
                     actual = esp.flash_md5sum(offset, len(data))
                 except (FatalError, SerialException, OSError) as exc:
@@ -140,6 +163,7 @@ class EspSession:
                 if actual != hashlib.md5(data).hexdigest():
                     raise StepFailed(f"Verify failed: flash at {offset:#x} ({len(data)} bytes) does not hold "
                                      f"what was written (MD5 {actual[:8]}…). The flash may be faulty.")
+        return asked
 
     def read(self, offset: int, size: int) -> bytes:
         esp = self._require()
@@ -204,6 +228,10 @@ class _Quiet:
 
     def progress(self, done: int, total: int) -> None:
         pass
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
 
 
 def explain(exc: Exception, doing: str) -> str:
