@@ -26,6 +26,7 @@ from station.model import Mode, PortInfo, PortKey, Result, StepFailed
 from station.steps import DeviceContext, Session, Step
 from station.profiles import Profile
 from station.text import one_line
+from station.voiding import identity_of, void_in_transaction
 
 Listener = Callable[[ev.Event], None]
 
@@ -329,17 +330,34 @@ class Engine:
                     void_certificate(db, plan.record["certificate_serial"], reason or result.value)
                     plan.record["void"] = True
                 write_identity(db, ctx.device_id, plan.record)
-                if result is Result.PASS and self.outbox is not None and self.profile.cloud is not None:
+                registers = result is Result.PASS and self.outbox is not None and self.profile.cloud is not None
+                if plan.replaces:
+                    self._retire_replaced(db, plan.replaces, ctx.device_id, shut_out_by_registration=registers)
+                if registers:
                     registration = DeviceRegistration(
                         ctx.device_id, certificate_pem=plan.record["certificate"],
                         topic_prefix=self.profile.cloud.topic_prefix,
-                        facts={"subject_serial": plan.subject_serial, **plan.facts})
+                        facts={"subject_serial": plan.subject_serial, **plan.facts},
+                        replaces_serial=int(plan.replaces, 16) if plan.replaces else None)
                     add_row(db, ctx.device_id, self.profile.cloud.registrar, registration)
                     queued = True
             write_end(db, ctx.device_id, result, reason)
         if queued:
             self.outbox.kick()
         return queued
+
+    def _retire_replaced(self, db, serial: str, device_id: str, shut_out_by_registration: bool) -> None:
+        """The certificate a re-provision replaced (voided in the ledger when the new one was issued): its board's
+        journal record says void too. The cloud shuts it out with the new registration when there is one (same
+        CN, so the order matters and one row keeps it); otherwise its own void rows do."""
+        old = self.ledger.get(serial) if self.ledger is not None else None
+        if old is None or old.device_id is None or old.device_id == device_id:
+            return
+        identity = identity_of(db, old.device_id)
+        if shut_out_by_registration:
+            write_identity(db, old.device_id, {**identity, "void": True})
+        elif identity:
+            void_in_transaction(db, old.device_id, identity, serial, f"re-provisioned as device {device_id}")
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
         policy = self.profile.steps[step.name]

@@ -38,7 +38,7 @@ def void_device(journal: Journal, device_id: str, reason: str) -> str:
         raise VoidError(f"device {device.id[:12]} has no certificate to void.")
     _ensure_tables(journal)
     with journal.transaction() as db:
-        queued = _void_in(db, device.id, identity, identity["certificate_serial"], reason)
+        queued = void_in_transaction(db, device.id, identity, identity["certificate_serial"], reason)
     done = f"certificate {identity['certificate_serial']} of {identity['subject_serial']} voided"
     return done + "".join(f"; removal from {name} queued" for name in queued)
 
@@ -51,14 +51,15 @@ def void_interrupted(journal: Journal) -> list[CertRecord]:
         live = _live_certificates_of_interrupted(db)
     for cert in live:
         with journal.transaction() as db:
-            identity = dict(_identity(db, cert.device_id))
+            identity = dict(identity_of(db, cert.device_id))
             identity.setdefault("subject_serial", cert.subject_serial)
             identity.setdefault("certificate_serial", cert.serial_hex)
-            _void_in(db, cert.device_id, identity, cert.serial_hex, "station stopped before this board finished")
+            void_in_transaction(db, cert.device_id, identity, cert.serial_hex, "station stopped before this board finished")
     return live
 
 
-def _void_in(db: sqlite3.Connection, device_id: str, identity: dict, serial: str, reason: str) -> list[str]:
+def void_in_transaction(db: sqlite3.Connection, device_id: str, identity: dict, serial: str, reason: str
+                        ) -> list[str]:
     """Ledger, journal record and a void row for every registrar the board has rows with, in the caller's
     transaction. Returns those registrars' names."""
     ledger_store.void_certificate(db, serial, reason)
@@ -77,7 +78,7 @@ def _live_certificates_of_interrupted(db: sqlite3.Connection) -> list[CertRecord
         f" (SELECT id FROM devices WHERE result = ?) ORDER BY issued", (Result.INTERRUPTED.value,))]
 
 
-def _identity(db: sqlite3.Connection, device_id: str) -> dict:
+def identity_of(db: sqlite3.Connection, device_id: str) -> dict:
     row = db.execute("SELECT identity FROM devices WHERE id = ?", (device_id,)).fetchone()
     return json.loads(row[0]) if row else {}
 

@@ -51,6 +51,7 @@ class DeviceRegistration:
     certificate_pem: str = ""  # the device certificate, if it has one
     public_key_pem: str = ""  # SubjectPublicKeyInfo PEM; taken from the certificate when empty
     cert_serial: int | None = None  # taken from the certificate when empty; what void puts on the CRL
+    replaces_serial: int | None = None  # a re-provisioned board's previous certificate: shut out as this registers
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     facts: Mapping[str, Any] = field(default_factory=dict)  # chip, MAC, profile, batch …: public, JSON-able
 
@@ -224,6 +225,14 @@ class MosquittoRegistrar:
                 todo.append(i)
             except CloudRefused as exc:
                 results[i] = exc
+        for i in list(todo):  # the old certificate has the same CN: off the broker and on the CRL first
+            old = devices[i].replaces_serial
+            if old is not None:
+                try:
+                    self._call(lambda c, d=devices[i]: c.void_device(d.common_name, old))
+                except CloudError as exc:
+                    results[i] = exc
+                    todo.remove(i)
         outcomes = self._call(lambda c: c.register_devices(
             [(devices[i].common_name, devices[i].topic_prefix) for i in todo])) if todo else []
         for i, outcome in zip(todo, outcomes):

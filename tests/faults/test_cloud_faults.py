@@ -4,6 +4,7 @@ up later runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 
 import pytest
@@ -80,6 +81,31 @@ def test_void_from_the_command_line_shuts_the_board_out_at_the_tls_handshake(sta
     assert "REVOKED" in (tls_refusal(files[0], station.device_port) or "").upper()
     assert tls_refusal(files[1], station.device_port) is None  # the other board still gets in
     assert station.broker_clients() == {files[1].cn}
+
+
+def test_a_reprovisioned_boards_old_certificate_is_shut_out_and_its_new_one_gets_in(station):
+    boards = demo_fleet(1, seed=9)
+    server = EspSimServer(boards, registry_dir=station.registry).start()
+    trust = station.data / "cloud" / "broker" / "ca-chain.pem"
+    try:
+        assert station.run(*station.provision_args()).returncode == 0
+        old = device_files(boards[0], station.data.parent / "old")
+        again = station.run(*station.provision_args("--reprovision"))
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        server.stop()
+    new = device_files(boards[0], station.data.parent / "new")
+    old, new = (DeviceFiles(f.cn, f.cert, f.cert_path, f.key_path, trust) for f in (old, new))
+    assert old.cn == new.cn and old.cert.serial_number != new.cert.serial_number
+
+    assert "REVOKED" in (tls_refusal(old, station.device_port) or "").upper()
+    assert tls_refusal(new, station.device_port) is None
+    assert station.broker_clients() == {new.cn}
+    listing = station.run("devices").stdout
+    assert listing.count(boards[0].mac_text) == 2  # both records stay; the first one's identity is void
+    with station.db() as db:
+        identities = [json.loads(i) for (i,) in db.execute("SELECT identity FROM devices ORDER BY started")]
+    assert [i["void"] for i in identities] == [True, False]
 
 
 class Unreachable:
