@@ -224,12 +224,13 @@ class EngineBridge(QObject):
                 tile = self.tiles.get(e.key) if e.key else None
                 if tile is None or tile.device_id != e.device_id:  # the key is not always known to the outbox
                     tile = next((t for t in self.tiles.values() if t.device_id == e.device_id), None)
+                changed = tile is not None and tile.registration != e.state
                 if tile is not None:
                     tile.registration = e.state
                 level = {"delivered": "info", "failed": "error"}.get(e.state, "warning")
                 self._line(tile.key if tile is not None else None, level, f"cloud: {self.redact(e.detail)}")
                 self.countsChanged.emit()
-                return tile.key if tile is not None else None
+                return tile.key if changed else None  # another "still pending" repaints nothing
             case ev.BatchDone():
                 self.batch_running = False
                 self._line(None, "info", f"batch {e.batch_id} done: {e.passed} passed, {e.failed} failed")
