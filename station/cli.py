@@ -318,9 +318,9 @@ def devices(ctx, batch_id):
     """List provisioned devices from the journal."""
     journal, _ = _open_journal(ctx)
     rows = journal.devices(batch_id)
-    click.echo(f"{'device id':<32} {'result':<12} {'port':<14} {'chip':<9} {'mac':<18} {'batch':<24} reason")
+    click.echo(f"{'device id':<32} {'result':<12} {'port':<14} {'chip':<10} {'mac':<18} {'batch':<24} reason")
     for d in rows:  # the device id is what `station void` takes (or enough of its start to be unique)
-        click.echo(f"{d.id:<32} {d.result:<12} {d.port:<14} {d.chip:<9} {d.mac:<18} {d.batch_id:<24} "
+        click.echo(f"{d.id:<32} {d.result:<12} {d.port:<14} {d.chip:<10} {d.mac:<18} {d.batch_id:<24} "
                    f"{d.reason}")
     click.echo(f"{len(rows)} devices")
     journal.close()
