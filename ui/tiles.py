@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from PySide6.QtCore import QPoint, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QGuiApplication, QPainter, QPainterPath, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QGuiApplication, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QWidget
 
 from ui import theme
@@ -77,6 +77,11 @@ class PortTile(QWidget):
         self._tally = tally
         self.selected = False
         self.paints = 0
+        # everything but the moving band (bar, speed, clock) is drawn once into a pixmap and reused until what it
+        # shows changes: a progress tick then costs one pixmap copy and the band's few calls, not the whole tile
+        self._layer = QPixmap()
+        self._layer_drawn: tuple | None = None
+        self._band: tuple | None = None  # where _paint_band draws, set while the layer is drawn (busy tiles only)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(1, 1)  # the grid sets its own minimum, for all its tiles at once (TileGrid.relayout)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, False)
@@ -155,19 +160,46 @@ class PortTile(QWidget):
 
     # --- painting -----------------------------------------------------------------------------------------------
 
+    def _layer_key(self, armed: str, dpr: float) -> tuple:
+        """Everything the layer draws: when none of it changed, the layer is reused as it is."""
+        s = self.state
+        return (self.width(), self.height(), dpr, armed, self.selected, self._name(s.key),
+                tuple(self._tally(s.key) or ()), s.phase, s.family, s.chip, s.mac, s.usb_description, s.steps,
+                s.labels, s.step, s.step_index, s.attempt, s.reason, s.prompt, s.prompt_reason, s.registration,
+                s.present, s.leaves_bus, s.last_result, None if s.busy else clock(s.elapsed()))
+
     def paintEvent(self, _event) -> None:  # noqa: N802
         self.paints += 1
+        armed = self._armed(self.state.key)
+        dpr = self.devicePixelRatioF()
+        key = self._layer_key(armed, dpr)
+        if key != self._layer_drawn:
+            self._draw_layer(armed, dpr)
+            self._layer_drawn = key
+        p = QPainter(self)
+        p.drawPixmap(0, 0, self._layer)
+        if self._band is not None:
+            p.setRenderHint(QPainter.RenderHint.Antialiasing)
+            if armed == "ignored":
+                p.setOpacity(0.45)
+            self._paint_band(p, *self._band)
+        p.end()
+
+    def _draw_layer(self, armed: str, dpr: float) -> None:
         s = self.state
         sw = theme.SWATCHES[s.phase]
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
+        self._layer = QPixmap(round(w * dpr), round(h * dpr))
+        self._layer.setDevicePixelRatio(dpr)
+        self._layer.fill(Qt.GlobalColor.transparent)  # the rounded corners show what is behind the tile
+        self._band = None
+        p = QPainter(self._layer)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
         unit = min(h, w * 0.8)  # type scales with the tile, bounded by its width
         border = max(3.0, unit * 0.022)
         outer = QRectF(3, 3, w - 6, h - 6)
         radius = max(6.0, unit * 0.05)
 
-        armed = self._armed(s.key)
         if armed == "ignored":  # one-touch is armed, but not here: the whole tile steps back
             p.setOpacity(0.45)
         path = QPainterPath()
@@ -344,12 +376,20 @@ class PortTile(QWidget):
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(theme.PROGRESS_TRACK))
         p.drawRoundedRect(bar, bar_h / 3, bar_h / 3)
+        self._band = (r, unit, bar, text, muted, QColor(accent))
+
+    def _paint_band(self, p: QPainter, r: QRectF, unit: float, bar: QRectF, text: QColor, muted: QColor,
+                    accent: QColor) -> None:
+        """The part of a busy tile that moves: the bar's fill and figure, speed · ETA, the clock."""
+        s = self.state
+        bar_h = bar.height()
         if s.total:
             frac = min(1.0, s.done / s.total)
         else:
             frac = (s.step_index + 0.5) / len(s.steps) if s.steps else 0.0
         if frac > 0:
-            p.setBrush(QColor(accent))
+            p.setPen(Qt.PenStyle.NoPen)
+            p.setBrush(accent)
             p.drawRoundedRect(QRectF(bar.left(), bar.top(), max(bar_h / 1.5, bar.width() * frac), bar_h),
                               bar_h / 3, bar_h / 3)
         if s.total:  # the figure in white over the filled part, in the text colour over the rest
