@@ -2,8 +2,8 @@
 
 A tile is drawn by hand (QPainter), not built from labels: 24 tiles of nested widgets relayout on every text
 change, a painted tile repaints one rectangle. Sizes of the words scale with the tile; PASS / FAIL take a third
-of its height. The grid repaints tiles whose progress moved from a 15 Hz timer (see ui.bridge), and busy tiles
-once a second for their clock.
+of its height. The grid repaints tiles whose progress moved at 15 Hz (see ui.bridge), and busy tiles once a
+second for their clock; a third of the tiles per tick of a 45 Hz timer, so no tick paints all of them at once.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from ui.bridge import EngineBridge
 from ui.state import Phase, TileState, clock, rate_words
 
 REPAINT_HZ = 15
+SLICES = 3  # the grid's timer runs SLICES x REPAINT_HZ and visits one slice of the tiles per tick
+WHITE = QColor("#ffffff")
 TILE_MIN = QSize(112, 78)  # 6 x 4 of these, with the bars around them, fit a 1280 x 800 screen
 TILE_HINT = QSize(260, 180)
 SPACING = 8
@@ -395,13 +397,13 @@ class PortTile(QWidget):
         if s.total:  # the figure in white over the filled part, in the text colour over the rest
             p.setFont(_font(bar_h * 0.72, bold=True))
             split = bar.left() + bar.width() * frac
-            for colour, clip in ((QColor("#ffffff"), QRectF(bar.left(), bar.top(), split - bar.left(), bar_h)),
+            figure = f"{s.percent()} %"
+            for colour, clip in ((WHITE, QRectF(bar.left(), bar.top(), split - bar.left(), bar_h)),
                                  (text, QRectF(split, bar.top(), bar.right() - split, bar_h))):
-                p.save()
                 p.setClipRect(clip)
                 p.setPen(colour)
-                p.drawText(bar, Qt.AlignmentFlag.AlignCenter, f"{s.percent()} %")
-                p.restore()
+                p.drawText(bar, Qt.AlignmentFlag.AlignCenter, figure)
+            p.setClipping(False)
         # speed · ETA on the left, the clock on the right
         p.setFont(_font(unit * 0.072))
         fm = QFontMetricsF(p.font())
@@ -510,10 +512,11 @@ class TileGrid(QWidget):
         self._hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self._hint.setObjectName("gridHint")
         self._timer = QTimer(self)
-        self._timer.setInterval(1000 // REPAINT_HZ)
+        self._timer.setInterval(1000 // (REPAINT_HZ * SLICES))
         self._timer.timeout.connect(self._tick)
         self._timer.start()
-        self._last_second = 0
+        self._turn = 0
+        self._seconds = [0] * SLICES  # the second each slice's clocks last showed
         bridge.tileChanged.connect(self._changed)
         bridge.tileAdded.connect(lambda _key: self.relayout())
         self.relayout()
@@ -602,16 +605,18 @@ class TileGrid(QWidget):
         self.selected = key
 
     def _tick(self) -> None:
-        for key in self.bridge.take_dirty():
-            tile = self.tiles.get(key)
-            if tile is not None:
-                tile.update()
+        """Repaint one slice of the tiles: those whose progress moved, and busy ones when their clock turns.
+        Painting 24 tiles in one go stalls the event loop (each paint waits for the interpreter lock the port
+        workers hold); a third at a time keeps every tile at REPAINT_HZ and each stall a third as long."""
+        self._turn = (self._turn + 1) % SLICES
+        keys = list(self.tiles)[self._turn::SLICES]
         second = int(time.monotonic())
-        if second != self._last_second:  # the clocks on busy tiles
-            self._last_second = second
-            for tile in self.tiles.values():
-                if tile.state.busy:
-                    tile.update()
+        clocks, self._seconds[self._turn] = second != self._seconds[self._turn], second
+        dirty = self.bridge.take_dirty(keys)
+        for key in keys:
+            tile = self.tiles[key]
+            if key in dirty or (clocks and tile.state.busy):
+                tile.update()
 
     def repaint_all(self) -> None:
         for tile in self.tiles.values():
