@@ -129,7 +129,11 @@ class PortTile(QWidget):
     def refresh(self) -> None:
         self.setToolTip(self._tooltip())
         self.setAccessibleName(self.summary())
-        self.update()
+        # an idle or finished tile draws nothing but its layer: an event that leaves the layer as it is (a late
+        # log line, a registration still pending) costs no paint
+        if self.state.busy or self._layer_key(self._armed(self.state.key), self.devicePixelRatioF()) \
+                != self._layer_drawn:
+            self.update()
 
     def _tooltip(self) -> str:
         s = self.state
