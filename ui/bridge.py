@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 
 from PySide6.QtCore import QObject, Qt, Signal
 
@@ -251,9 +252,11 @@ class EngineBridge(QObject):
         """A remembered location (from the saved layout) gets an empty tile before any board shows up."""
         return self._tile(key)
 
-    def take_dirty(self) -> set[str]:
-        dirty, self._dirty = self._dirty, set()
-        return dirty
+    def take_dirty(self, keys: Iterable[str]) -> set[str]:
+        """The ports among `keys` whose progress moved since they were last taken (the grid takes a slice)."""
+        taken = self._dirty.intersection(keys)
+        self._dirty -= taken
+        return taken
 
     @property
     def pending_registration(self) -> int:

@@ -692,9 +692,13 @@ class MainWindow(QMainWindow):
         done, total, fraction, left = self.bridge.batch_progress()
         running = self.controller.mode in (BATCH, STARTING) and total > 0
         if running:
+            # QProgressBar.setValue repaints at once (a window-wide bar, inside this engine event); with updates
+            # off it only asks for a paint, which the next turn of the event loop does with the tiles'
+            self.batch_bar.setUpdatesEnabled(False)
             self.batch_bar.setValue(int(fraction * 1000))
             eta = f" · about {clock(left)} left" if left is not None else " · time left: soon known"
             self.batch_bar.setFormat(f"Batch: {done} of {total} boards done · {int(fraction * 100)} %" + eta)
+            self.batch_bar.setUpdatesEnabled(True)
         self.summary_line.setText(self.batch_summary)
         shown = self.batch_bar if running else self.summary_line if self.batch_summary else None
         self.below_banner.setCurrentIndex(self.below_banner.indexOf(shown) if shown is not None else 0)

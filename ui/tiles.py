@@ -2,8 +2,8 @@
 
 A tile is drawn by hand (QPainter), not built from labels: 24 tiles of nested widgets relayout on every text
 change, a painted tile repaints one rectangle. Sizes of the words scale with the tile; PASS / FAIL take a third
-of its height. The grid repaints tiles whose progress moved from a 15 Hz timer (see ui.bridge), and busy tiles
-once a second for their clock.
+of its height. The grid repaints tiles whose progress moved at 15 Hz (see ui.bridge), and busy tiles once a
+second for their clock; a third of the tiles per tick of a 45 Hz timer, so no tick paints all of them at once.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from PySide6.QtCore import QPoint, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QGuiApplication, QPainter, QPainterPath, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QGuiApplication, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QWidget
 
 from ui import theme
@@ -22,6 +22,8 @@ from ui.bridge import EngineBridge
 from ui.state import Phase, TileState, clock, rate_words
 
 REPAINT_HZ = 15
+SLICES = 3  # the grid's timer runs SLICES x REPAINT_HZ and visits one slice of the tiles per tick
+WHITE = QColor("#ffffff")
 TILE_MIN = QSize(112, 78)  # 6 x 4 of these, with the bars around them, fit a 1280 x 800 screen
 TILE_HINT = QSize(260, 180)
 SPACING = 8
@@ -77,6 +79,11 @@ class PortTile(QWidget):
         self._tally = tally
         self.selected = False
         self.paints = 0
+        # everything but the moving band (bar, speed, clock) is drawn once into a pixmap and reused until what it
+        # shows changes: a progress tick then costs one pixmap copy and the band's few calls, not the whole tile
+        self._layer = QPixmap()
+        self._layer_drawn: tuple | None = None
+        self._band: tuple | None = None  # where _paint_band draws, set while the layer is drawn (busy tiles only)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(1, 1)  # the grid sets its own minimum, for all its tiles at once (TileGrid.relayout)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent, False)
@@ -122,7 +129,11 @@ class PortTile(QWidget):
     def refresh(self) -> None:
         self.setToolTip(self._tooltip())
         self.setAccessibleName(self.summary())
-        self.update()
+        # an idle or finished tile draws nothing but its layer: an event that leaves the layer as it is (a late
+        # log line, a registration still pending) costs no paint
+        if self.state.busy or self._layer_key(self._armed(self.state.key), self.devicePixelRatioF()) \
+                != self._layer_drawn:
+            self.update()
 
     def _tooltip(self) -> str:
         s = self.state
@@ -155,19 +166,46 @@ class PortTile(QWidget):
 
     # --- painting -----------------------------------------------------------------------------------------------
 
+    def _layer_key(self, armed: str, dpr: float) -> tuple:
+        """Everything the layer draws: when none of it changed, the layer is reused as it is."""
+        s = self.state
+        return (self.width(), self.height(), dpr, armed, self.selected, self._name(s.key),
+                tuple(self._tally(s.key) or ()), s.phase, s.family, s.chip, s.mac, s.usb_description, s.steps,
+                s.labels, s.step, s.step_index, s.attempt, s.reason, s.prompt, s.prompt_reason, s.registration,
+                s.present, s.leaves_bus, s.last_result, None if s.busy else clock(s.elapsed()))
+
     def paintEvent(self, _event) -> None:  # noqa: N802
         self.paints += 1
+        armed = self._armed(self.state.key)
+        dpr = self.devicePixelRatioF()
+        key = self._layer_key(armed, dpr)
+        if key != self._layer_drawn:
+            self._draw_layer(armed, dpr)
+            self._layer_drawn = key
+        p = QPainter(self)
+        p.drawPixmap(0, 0, self._layer)
+        if self._band is not None:
+            p.setRenderHint(QPainter.RenderHint.Antialiasing)
+            if armed == "ignored":
+                p.setOpacity(0.45)
+            self._paint_band(p, *self._band)
+        p.end()
+
+    def _draw_layer(self, armed: str, dpr: float) -> None:
         s = self.state
         sw = theme.SWATCHES[s.phase]
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
         w, h = self.width(), self.height()
+        self._layer = QPixmap(round(w * dpr), round(h * dpr))
+        self._layer.setDevicePixelRatio(dpr)
+        self._layer.fill(Qt.GlobalColor.transparent)  # the rounded corners show what is behind the tile
+        self._band = None
+        p = QPainter(self._layer)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
         unit = min(h, w * 0.8)  # type scales with the tile, bounded by its width
         border = max(3.0, unit * 0.022)
         outer = QRectF(3, 3, w - 6, h - 6)
         radius = max(6.0, unit * 0.05)
 
-        armed = self._armed(s.key)
         if armed == "ignored":  # one-touch is armed, but not here: the whole tile steps back
             p.setOpacity(0.45)
         path = QPainterPath()
@@ -344,24 +382,32 @@ class PortTile(QWidget):
         p.setPen(Qt.PenStyle.NoPen)
         p.setBrush(QColor(theme.PROGRESS_TRACK))
         p.drawRoundedRect(bar, bar_h / 3, bar_h / 3)
+        self._band = (r, unit, bar, text, muted, QColor(accent))
+
+    def _paint_band(self, p: QPainter, r: QRectF, unit: float, bar: QRectF, text: QColor, muted: QColor,
+                    accent: QColor) -> None:
+        """The part of a busy tile that moves: the bar's fill and figure, speed · ETA, the clock."""
+        s = self.state
+        bar_h = bar.height()
         if s.total:
             frac = min(1.0, s.done / s.total)
         else:
             frac = (s.step_index + 0.5) / len(s.steps) if s.steps else 0.0
         if frac > 0:
-            p.setBrush(QColor(accent))
+            p.setPen(Qt.PenStyle.NoPen)
+            p.setBrush(accent)
             p.drawRoundedRect(QRectF(bar.left(), bar.top(), max(bar_h / 1.5, bar.width() * frac), bar_h),
                               bar_h / 3, bar_h / 3)
         if s.total:  # the figure in white over the filled part, in the text colour over the rest
             p.setFont(_font(bar_h * 0.72, bold=True))
             split = bar.left() + bar.width() * frac
-            for colour, clip in ((QColor("#ffffff"), QRectF(bar.left(), bar.top(), split - bar.left(), bar_h)),
+            figure = f"{s.percent()} %"
+            for colour, clip in ((WHITE, QRectF(bar.left(), bar.top(), split - bar.left(), bar_h)),
                                  (text, QRectF(split, bar.top(), bar.right() - split, bar_h))):
-                p.save()
                 p.setClipRect(clip)
                 p.setPen(colour)
-                p.drawText(bar, Qt.AlignmentFlag.AlignCenter, f"{s.percent()} %")
-                p.restore()
+                p.drawText(bar, Qt.AlignmentFlag.AlignCenter, figure)
+            p.setClipping(False)
         # speed · ETA on the left, the clock on the right
         p.setFont(_font(unit * 0.072))
         fm = QFontMetricsF(p.font())
@@ -470,10 +516,11 @@ class TileGrid(QWidget):
         self._hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self._hint.setObjectName("gridHint")
         self._timer = QTimer(self)
-        self._timer.setInterval(1000 // REPAINT_HZ)
+        self._timer.setInterval(1000 // (REPAINT_HZ * SLICES))
         self._timer.timeout.connect(self._tick)
         self._timer.start()
-        self._last_second = 0
+        self._turn = 0
+        self._seconds = [0] * SLICES  # the second each slice's clocks last showed
         bridge.tileChanged.connect(self._changed)
         bridge.tileAdded.connect(lambda _key: self.relayout())
         self.relayout()
@@ -562,16 +609,18 @@ class TileGrid(QWidget):
         self.selected = key
 
     def _tick(self) -> None:
-        for key in self.bridge.take_dirty():
-            tile = self.tiles.get(key)
-            if tile is not None:
-                tile.update()
+        """Repaint one slice of the tiles: those whose progress moved, and busy ones when their clock turns.
+        Painting 24 tiles in one go stalls the event loop (each paint waits for the interpreter lock the port
+        workers hold); a third at a time keeps every tile at REPAINT_HZ and each stall a third as long."""
+        self._turn = (self._turn + 1) % SLICES
+        keys = list(self.tiles)[self._turn::SLICES]
         second = int(time.monotonic())
-        if second != self._last_second:  # the clocks on busy tiles
-            self._last_second = second
-            for tile in self.tiles.values():
-                if tile.state.busy:
-                    tile.update()
+        clocks, self._seconds[self._turn] = second != self._seconds[self._turn], second
+        dirty = self.bridge.take_dirty(keys)
+        for key in keys:
+            tile = self.tiles[key]
+            if key in dirty or (clocks and tile.state.busy):
+                tile.update()
 
     def repaint_all(self) -> None:
         for tile in self.tiles.values():
