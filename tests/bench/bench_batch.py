@@ -334,8 +334,9 @@ def verdict(key: str, value: float) -> str:
     return "PASS" if ok else "MISS"
 
 
-def print_split(title: str, runs: list[Run], batch_walls: list[float]) -> None:
-    """Median seconds per step over every port of every run, and what is left of the batch wall time."""
+def print_split(title: str, runs: list, batch_walls: list[float]) -> None:
+    """Median (and max) seconds per step over every port of every run (anything with `steps` and `device`), and
+    what is left of the batch wall time."""
     per_step = {name: [] for name in STEP_ORDER}
     devices, others = [], []
     for run in runs:
@@ -348,7 +349,7 @@ def print_split(title: str, runs: list[Run], batch_walls: list[float]) -> None:
                 others.append(run.device[key] - sum(steps.values()))
     print(f"  {title}")
     for name in STEP_ORDER:
-        print(f"    {name:<8} {med(per_step[name]):7.2f} s")
+        print(f"    {name:<8} {med(per_step[name]):7.3f} s   (max {max(per_step[name], default=float('nan')):.3f})")
     print(f"    {'(journal/glue between steps)':<30} {med(others):5.2f} s")
     print(f"    {'whole device (DeviceDone)':<30} {med(devices):5.2f} s")
     print(f"    {'batch wall (run_batch)':<30} {med(batch_walls):5.2f} s")

@@ -73,14 +73,13 @@ from station.families.dfu.sim.kinds import STM32  # noqa: E402
 from station.families.dfu.sim.remote import RemoteUsbBackend  # noqa: E402
 from station.journal import Journal  # noqa: E402
 from station.profiles import Profile, load_profile  # noqa: E402
-from tests.bench.bench_batch import (BenchError, med, proc_cpu_seconds, spawn, stop_all_children,  # noqa: E402
-                                     stop_child)
+from tests.bench.bench_batch import (BenchError, med, print_split, proc_cpu_seconds, spawn,  # noqa: E402
+                                     stop_all_children, stop_child)
 
 BOARDS = 8
 BASE = 0x08000000
 IMAGE_SIZE = 192 * 1024
 IMAGE_NAME = "bench-stm32"
-STEP_ORDER = ("detect", "check", "flash", "verify", "reset")
 TARGETS = {  # key: (label, comparison, bound)
     "1": ("(1) station 8-board wall / 1-board wall", "<=", 1.10),
     "2": ("(2) station write B/s / pyfu-usb write B/s", ">=", 1.00),
@@ -256,26 +255,6 @@ def verdict(key: str, value: float) -> str:
     return "PASS" if (value <= bound if op == "<=" else value >= bound) else "MISS"
 
 
-def print_split(title: str, runs: list[BatchRun]) -> None:
-    """Median (and max) seconds per step over every board of every run, and the glue between steps."""
-    per_step: dict[str, list[float]] = {name: [] for name in STEP_ORDER}
-    devices, others = [], []
-    for run in runs:
-        for key, steps in run.steps.items():
-            for name in STEP_ORDER:
-                if name in steps:
-                    per_step[name].append(steps[name])
-            if key in run.device:
-                devices.append(run.device[key])
-                others.append(run.device[key] - sum(steps.values()))
-    print(f"  {title}")
-    for name in STEP_ORDER:
-        print(f"    {name:<8} {med(per_step[name]):7.3f} s   (max {max(per_step[name], default=float('nan')):.3f})")
-    print(f"    {'(journal/glue between steps)':<30} {med(others):6.3f} s")
-    print(f"    {'whole device (DeviceDone)':<30} {med(devices):6.3f} s")
-    print(f"    {'batch wall (run_batch)':<30} {med(r.wall for r in runs):6.3f} s")
-
-
 def _interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
@@ -355,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(image) / write_only:8.0f} B/s")
         print()
         print("whole-device wall time split (station, median seconds)")
-        print_split("1 board", batches["station-1"])
-        print_split(f"{BOARDS} boards (every board of every run)", batches["station-8"])
+        for title, kind in (("1 board", "station-1"), (f"{BOARDS} boards (every board of every run)", "station-8")):
+            print_split(title, batches[kind], [r.wall for r in batches[kind]])
         print()
         print(f"{'summary':<48} {'median':>8}  {'target':>8}  result")
         for key, (label, op, bound) in TARGETS.items():
