@@ -38,3 +38,23 @@ def serve_until_stopped(ready_lines: list[str]) -> None:
             pass
     except KeyboardInterrupt:
         pass
+
+
+def apply_faults(boards: list, specs: tuple[str, ...] | list[str]) -> None:
+    """`--fault I:NAME[=VALUE]` for each spec: board I (from 1) gets `board.faults.with_fault(NAME, VALUE)`; a bad
+    spec is a one-line usage error naming the fix."""
+    for spec in specs:
+        index_text, sep, rest = spec.partition(":")
+        if not sep or not index_text.strip().isdigit():
+            raise click.BadParameter(f"{spec!r}: expected I:NAME[=VALUE], e.g. 2:unplug_after_bytes=4096",
+                                     param_hint="--fault")
+        index = int(index_text)
+        if not 1 <= index <= len(boards):
+            raise click.BadParameter(f"{spec!r}: board {index}, but only {len(boards)} board(s)",
+                                     param_hint="--fault")
+        name, _, value = rest.partition("=")
+        board = boards[index - 1]
+        try:
+            board.faults = board.faults.with_fault(name, value or None)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--fault") from None

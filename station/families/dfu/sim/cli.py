@@ -7,24 +7,11 @@ from pathlib import Path
 
 import click
 
-from station.sim.cli import serve_until_stopped
+from station.sim.cli import apply_faults, serve_until_stopped
 
 from station.families.dfu.sim.device import DfuDevice, DfuFaults, make_device
 from station.families.dfu.sim.kinds import KINDS, MIXED_ORDER
 from station.families.dfu.sim.server import DfuSimServer
-
-
-def parse_fault(spec: str, count: int) -> tuple[int, str, str | None]:
-    """`I:name[=value]` -> (device number from 1, fault name, value)."""
-    index_text, sep, rest = spec.partition(":")
-    if not sep or not index_text.strip().isdigit():
-        raise click.BadParameter(f"{spec!r}: expected I:NAME[=VALUE], e.g. 2:unplug_after_bytes=4096",
-                                 param_hint="--fault")
-    index = int(index_text)
-    if not 1 <= index <= count:
-        raise click.BadParameter(f"{spec!r}: device {index}, but only {count} device(s)", param_hint="--fault")
-    name, _, value = rest.partition("=")
-    return index, name, value or None
 
 
 def build_devices(kind: str, count: int, throttle: bool, fault_specs: tuple[str, ...]) -> list[DfuDevice]:
@@ -32,13 +19,7 @@ def build_devices(kind: str, count: int, throttle: bool, fault_specs: tuple[str,
     numbers = {k: itertools.count() for k in KINDS}  # each kind's instances get that kind's UID sequence
     devices = [make_device(k, next(numbers[k]), throttle=throttle)
                for k, _ in zip(itertools.cycle(kinds), range(count))]
-    for spec in fault_specs:
-        index, name, value = parse_fault(spec, count)
-        device = devices[index - 1]
-        try:
-            device.faults = device.faults.with_fault(name, value)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--fault") from None
+    apply_faults(devices, fault_specs)
     return devices
 
 

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from station.sim.cli import serve_until_stopped
+from station.sim.cli import apply_faults, serve_until_stopped
 
 from station.families.esp.sim.board import EspBoard, EspFaults
 from station.families.esp.sim.chips import MIXED_ORDER, chip_facts, parse_flash_size
@@ -21,29 +21,11 @@ def expand_chips(chips: tuple[str, ...]) -> list[str]:
     return names
 
 
-def parse_fault(spec: str) -> tuple[int, str, str | None]:
-    """`INDEX:KIND[=ARG]` -> (board number from 1, kind, arg)."""
-    try:
-        index_text, rest = spec.split(":", 1)
-        index = int(index_text)
-    except ValueError:
-        raise click.BadParameter(f"{spec!r}: expected INDEX:KIND[=ARG], e.g. 2:no_sync") from None
-    kind, _, arg = rest.partition("=")
-    return index, kind, arg or None
-
-
 def build_boards(chips: list[str], count: int, flash_size: int, seed: int,
-                 faults: list[tuple[int, str, str | None]]) -> list[EspBoard]:
+                 fault_specs: tuple[str, ...]) -> list[EspBoard]:
     boards = [EspBoard(chip, number, seed=seed, flash_size=flash_size)
               for number, chip in zip(range(1, count + 1), itertools.cycle(chips))]
-    for index, kind, arg in faults:
-        if not 1 <= index <= count:
-            raise click.BadParameter(f"fault for board {index}, but only {count} board(s)", param_hint="--fault")
-        board = boards[index - 1]
-        try:
-            board.faults = board.faults.with_fault(kind, arg)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--fault") from None
+    apply_faults(boards, fault_specs)
     return boards
 
 
@@ -64,7 +46,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
 @click.option("--baud-throttle", is_flag=True, help="Pace bytes to the line rate (115200, then CHANGE_BAUDRATE).")
 @click.option("--registry", type=click.Path(file_okay=False), help="Directory of <location>.json files, one per board.")
 @click.option("--flash-size", default="4MB", show_default=True, help="SPI flash size per board, e.g. 4MB, 16MB.")
-@click.option("--fault", "fault_specs", multiple=True, metavar="INDEX:KIND[=ARG]",
+@click.option("--fault", "fault_specs", multiple=True, metavar="I:NAME[=VALUE]",
               help=f"Inject a fault into board INDEX (from 1): {', '.join(EspFaults.KINDS)}.")
 @click.option("--location-prefix", default="sim-1", show_default=True,
               help="Locations are <prefix>.1, <prefix>.2, ...; give each server its own prefix.")
@@ -86,7 +68,7 @@ def esp(chips, count, tcp, use_pty, baud_throttle, registry, flash_size, fault_s
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     host, port = parse_host_port(tcp)
-    boards = build_boards(chip_names, count, size, seed, [parse_fault(spec) for spec in fault_specs])
+    boards = build_boards(chip_names, count, size, seed, fault_specs)
     server = EspSimServer(boards, host=host, base_port=port, transport="pty" if use_pty else "tcp",
                           throttle=baud_throttle, registry_dir=registry, location_prefix=location_prefix)
 
