@@ -181,8 +181,7 @@ def load_profile(path: str | os.PathLike) -> Profile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ProfileError(f"{file}: not valid TOML ({exc}). Fix the syntax at that line.")
     top = Table(file, "", raw)
-    family_tables = {t for f in FAMILIES.values() for t in f.profile_keys.get("", ())}
-    top.check_keys(("profile", "firmware", "wifi", "steps", "identity", "cloud", *sorted(family_tables)))
+    top.check_keys(("profile", "firmware", "wifi", "steps", "identity", "cloud", *family_keys(FAMILIES, "")))
 
     meta = top.sub("profile", top.get("profile", dict, hint="add a [profile] table with its name"))
     meta.check_keys(("name", "description", "family", *family_keys(FAMILIES, "profile")))
