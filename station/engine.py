@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from station import events as ev
 from station.discovery import Discovery
@@ -409,7 +409,7 @@ class Engine:
                     ctx.port = self.present[key]
                     ctx.session.url = ctx.port.url
                     return
-            elif key in self.present and failure.probe is not None and loop.time() >= next_probe:
+            elif key in self.present and loop.time() >= next_probe:
                 if await self._probe(ctx, failure.probe, max(deadline - loop.time(), self.probe_interval)):
                     return
                 next_probe = loop.time() + self.probe_interval
@@ -421,14 +421,19 @@ class Engine:
 
     async def _probe(self, ctx: DeviceContext, probe: Callable[[], bool], timeout: float) -> bool:
         """One probe in the port's worker; a probe that hangs is stopped like a step that does."""
-        future = asyncio.get_running_loop().run_in_executor(self.pool, probe)
+        try:
+            return await self._in_port_worker(ctx, probe, timeout)
+        except asyncio.TimeoutError:
+            return False
+
+    async def _in_port_worker(self, ctx: DeviceContext, work: Callable[[], Any], timeout: float) -> Any:
+        """`work()` in the port's worker thread, within `timeout` seconds. A timeout or a Stop closes the board's
+        session, which unblocks the worker, and waits for it, so nothing of this port runs on behind the record.
+        Raises asyncio.TimeoutError on a timeout."""
+        future = asyncio.get_running_loop().run_in_executor(self.pool, work)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            ctx.session.abort()
-            await asyncio.gather(future, return_exceptions=True)
-            return False
-        except asyncio.CancelledError:
+        except (asyncio.TimeoutError, asyncio.CancelledError):
             ctx.session.abort()
             await asyncio.gather(future, return_exceptions=True)
             raise
@@ -460,17 +465,10 @@ class Engine:
             self.journal.end_step(step_id, True, detail)
             return detail
 
-        future = asyncio.get_running_loop().run_in_executor(self.pool, work)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await self._in_port_worker(ctx, work, timeout)
         except asyncio.TimeoutError:
-            ctx.session.abort()  # unblocks the worker; wait for it so the record stays in order
-            await asyncio.gather(future, return_exceptions=True)
-            raise StepFailed(f"{step.name} took longer than {timeout:g} s and was stopped", retryable=True)
-        except asyncio.CancelledError:
-            ctx.session.abort()
-            await asyncio.gather(future, return_exceptions=True)
-            raise
+            raise StepFailed(f"{step.name} took longer than {timeout:g} s and was stopped", retryable=True) from None
 
     def _progress_reporter(self, key: PortKey) -> Callable[[int, int], None]:
         start = [time.monotonic()]
