@@ -41,6 +41,7 @@ _FLAG_USED, _FLAG_FINAL, _FLAG_INDEX, _FLAG_IXDELE, _FLAG_DELET = 0x01, 0x02, 0x
 _DATA_FLAGS = 0xFF & ~(_FLAG_USED | _FLAG_FINAL)  # 0xFC
 _INDEX_FLAGS = _DATA_FLAGS & ~_FLAG_INDEX  # 0xF8
 _TYPE_FILE = 1
+_UNDEFINED_LEN = 0xFFFFFFFF  # SPIFFS_UNDEFINED_LEN: the size of a file before its first write
 _FREE_BLOCKS = 2  # spiffs_obj_lu_find_free allocates nothing with fewer wholly free blocks
 
 
@@ -243,8 +244,8 @@ def _read_object(image: bytes, geo: Geometry, obj_id: int, indexes: dict[int, in
     name = raw_name.split(b"\0", 1)[0].decode("utf-8", "replace")
     if kind != _TYPE_FILE:
         raise PayloadError(f"SPIFFS object {name!r} has type {kind}, not a file (1); the image is corrupt.")
-    if size == 0xFFFFFFFF:
-        raise PayloadError(f"SPIFFS file {name!r} has no size: it was never closed. Write the image again.")
+    if size == _UNDEFINED_LEN:  # created and never written: SPIFFS reads it as empty
+        size = 0
     owned = set(data_pages)
     count = -(-size // geo.data_per_page)
     out = bytearray()
