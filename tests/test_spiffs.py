@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from station.families.esp.payloads import PayloadError
-from station.families.esp.payloads.spiffs import build_spiffs, read_spiffs
+from station.families.esp.payloads.spiffs import build_spiffs, read_spiffs, used_length
 
 FS_4M1M = 0xFA000  # _FS_end - _FS_start of eagle.flash.4m1m.ld, blocks of 8192
 FS_1M64 = 0x10000  # 1M64: blocks of 4096
@@ -158,3 +158,13 @@ def test_bad_geometry_is_refused_by_name():
         build_spiffs({}, 6144 * 10, 6144)
     with pytest.raises(PayloadError, match="not a whole number"):
         build_spiffs({}, 8192 * 10 + 4096, 8192)
+
+
+def test_the_blocks_in_use_read_alone_as_the_same_files():
+    image = build_spiffs(FILES, FS_4M1M, 8192)
+    assert used_length(image, 8192) == 3 * 8192  # the files fill one block; three is the least SPIFFS here
+    assert read_spiffs(image[:3 * 8192], 8192) == FILES
+    big = {"/certs.ar": random.Random(3).randbytes(40_000)}  # 160 data + 2 index pages: 6 blocks of 31
+    image = build_spiffs(big, FS_4M1M, 8192)
+    assert used_length(image, 8192) == 6 * 8192
+    assert read_spiffs(image[:6 * 8192], 8192) == scan_pages(image[:6 * 8192], 8192) == big

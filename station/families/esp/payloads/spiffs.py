@@ -222,6 +222,16 @@ def read_spiffs(image: bytes, block_size: int, page_size: int = PAGE_SIZE) -> di
     return files
 
 
+def used_length(image: bytes, block_size: int, page_size: int = PAGE_SIZE) -> int:
+    """Bytes from the start through the last block with a page in use (at least the smallest SPIFFS this module
+    takes). The magic does not depend on the block count (no SPIFFS_USE_MAGIC_LENGTH) and page numbers count from
+    the start, so those blocks alone read as the same files: verify need not read back erased blocks."""
+    geo = geometry(len(image), block_size, page_size)
+    used = [bix for bix in range(len(image) // block_size)
+            if any(_ID.unpack_from(image, geo.lookup_slot(bix, e))[0] != _FREE for e in range(geo.lookup_entries))]
+    return max(used[-1] + 1 if used else 0, _FREE_BLOCKS + 1) * block_size
+
+
 def _index_pages(geo: Geometry, data_pages: int) -> int:
     extra = max(0, data_pages - geo.head_index_len)
     return 1 + -(-extra // geo.index_len)
