@@ -89,6 +89,19 @@ def test_esp8266_boards_get_their_identity_files_in_spiffs(bench, tmp_path):
     assert all("identity read back from spiffs (4M1M) (24 KiB)" in d[0] for d in steps.values())  # blocks in use
 
 
+def test_the_store_key_alone_moves_the_same_files_to_littlefs(bench, tmp_path):
+    from station.families.esp.payloads.littlefs import read_fs
+
+    profile = load_profile(edited(tmp_path, 'store = "spiffs"', 'store = "littlefs"'))
+    boards = [EspBoard("esp8266", 1)]
+    bench(boards)
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    assert summary.failed == {}
+    files = read_fs(boards[0].flash.read(FS_START, FS_END - FS_START), 8192, 32)
+    assert set(files) == {"/client.der", "/client.key", "/ca.der", "/broker.fp"}
+    assert files["/ca.der"] == CA.root.public_bytes(serialization.Encoding.DER)
+
+
 def test_a_board_with_less_flash_than_the_layout_is_refused_before_writing(bench, tmp_path):
     profile = load_profile(SPIFFS_PROFILE)
     boards = [EspBoard("esp8266", 1, flash_size="1MB")]
