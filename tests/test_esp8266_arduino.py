@@ -189,6 +189,13 @@ def test_an_unsigned_app_with_a_signing_key_is_refused_at_load(tmp_path):
         load_profile(path)
 
 
+def test_a_signing_key_for_other_chips_is_refused(tmp_path):
+    path = signed_profile(tmp_path / "p", SIGNER)
+    path.write_text(path.read_text().replace('chip = "ESP8266"', 'chip = "ESP32"'))
+    with pytest.raises(ProfileError, match="signing_key checks ESP8266 Arduino signed updates; ESP32 firmware"):
+        load_profile(path)
+
+
 # --- profile checks -------------------------------------------------------------------------------------------
 
 def edited(tmp_path: Path, old: str, new: str) -> Path:
