@@ -89,6 +89,22 @@ def test_esp8266_boards_get_their_identity_files_in_spiffs(bench, tmp_path):
     assert all("identity read back from spiffs (4M1M) (24 KiB)" in d[0] for d in steps.values())  # blocks in use
 
 
+def test_a_1m64_board_gets_spiffs_of_4096_byte_blocks_with_a_certs_ar_trust_store(bench, tmp_path):
+    from station.families.esp.payloads.littlefs import read_ar
+
+    path = edited(tmp_path, 'ca = "/ca.der"', 'trust_store = "/certs.ar"')
+    path.write_text(path.read_text().replace('flash_layout = "4M1M"', 'flash_layout = "1M64"'))
+    boards = [EspBoard("esp8266", 1, flash_size="1MB")]
+    bench(boards)
+    summary = run_batch(load_profile(path), tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    assert summary.failed == {}
+    image = boards[0].flash.read(0xEB000, 0x10000)  # eagle.flash.1m64.ld: 0xEB000-0xFB000, blocks of 4096
+    files = scan_pages(image, 4096)
+    assert files == read_spiffs(image, 4096)
+    assert set(files) == {"/client.der", "/client.key", "/certs.ar", "/broker.fp"}
+    assert read_ar(files["/certs.ar"]) == [("ca_000.der", CA.root.public_bytes(serialization.Encoding.DER))]
+
+
 def test_the_store_key_alone_moves_the_same_files_to_littlefs(bench, tmp_path):
     from station.families.esp.payloads.littlefs import read_fs
 
