@@ -207,8 +207,8 @@ def _load_identity_files(table: Table, options: EspOptions, firmware: dict[str, 
     layout = None
     if "flash_layout" in table.raw:
         if store not in FILESYSTEM_STORES:
-            table.fail(f"flash_layout places a filesystem; set store = \"spiffs\" or \"littlefs\" (the one the "
-                       f"firmware mounts).", "store")
+            table.fail("flash_layout places a filesystem; set store = \"spiffs\" or \"littlefs\" (the one the "
+                       "firmware mounts).", "store")
         try:
             layout = flash_layout(table.get("flash_layout", str))
         except ValueError as exc:
