@@ -7,7 +7,8 @@ background worker while the firmware is flashing, and written in the same sessio
 from __future__ import annotations
 
 from station.families.esp import esptool_glue
-from station.families.esp.identity import build_identity_image, identity_target_step, read_back_certificate
+from station.families.esp.identity import (build_identity_image, identity_target_step, read_back_certificate,
+                                           read_back_length)
 from station.families.esp.image import ImageError, check_app_image
 from station.families.esp.payloads import PayloadError
 from station.families.esp.payloads.partition_table import Partition, find_partition, parse_partition_table
@@ -68,6 +69,10 @@ def check(ctx: DeviceContext) -> str:
             except ImageError as exc:
                 raise StepFailed(str(exc)) from exc
             _images_that_fit.add(fit)
+    layout = options(ctx.profile).flash_layout
+    if layout is not None and board.flash_size and board.flash_size < layout.flash_size:
+        raise StepFailed(f"The {layout.name} flash layout needs {layout.flash_size // (1024 * 1024)} MB of flash; "
+                         f"this board has {board.flash_size // 1024} KiB")
     if ctx.profile.identity is not None:
         assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
         store, partition = identity_target_step(options(ctx.profile), firmware)
@@ -80,7 +85,7 @@ def check(ctx: DeviceContext) -> str:
 
 def flash(ctx: DeviceContext) -> str:
     _, firmware = _ready(ctx)
-    images = [FlashImage(i.name, i.offset, i.data) for i in firmware.images]
+    images = [FlashImage(i.name, i.offset, i.data, signer=i.signer) for i in firmware.images]
     ctx.session.write([(i.offset, i.data) for i in images])
     ctx.written += images
     return f"wrote {sum(len(i.data) for i in images)} bytes in {len(images)} images"
@@ -105,14 +110,16 @@ def verify(ctx: DeviceContext) -> str:
     plan = ctx.identity
     if plan is not None and plan.record:
         part = plan.target
+        written = next(i for i in ctx.written if i.offset == part.offset)
+        data = ctx.session.read(part.offset, read_back_length(plan.store, written.data, options(ctx.profile)))
         try:
-            cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size))
+            cert = read_back_certificate(plan, data, options(ctx.profile))
         except (PayloadError, KeyError, ValueError) as exc:
             raise StepFailed(f"Verify failed: the identity read back from {part.name} does not parse ({exc})") \
                 from exc
         if serial_hex(cert) != plan.record["certificate_serial"]:
             raise StepFailed(f"Verify failed: {part.name} holds certificate {serial_hex(cert)}, not the one issued")
-        detail += f"; identity read back from {part.name}"
+        detail += f"; identity read back from {part.name} ({len(data) // 1024} KiB)"
     return detail
 
 
@@ -145,7 +152,7 @@ def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
     plan = ctx.identity
     if plan is not None and plan.spec.certificate.key_origin == "host":
         assert ctx.ca is not None and ctx.ledger is not None
-        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id)
+        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id, esp)
         images.append(FlashImage(plan.target.name, plan.target.offset, image, secret=True))
     return images
 
