@@ -17,6 +17,8 @@ ESP_CHIPS = ("ESP32", "ESP32-C3", "ESP8266")
 NVS_TYPES = ("u8", "i8", "u16", "i16", "u32", "i32", "u64", "i64", "string")
 IDENTITY_STORES = ("auto", "esp_secure_cert", "littlefs")
 VERIFY_MODES = ("unchecked", "all")  # which written regions the verify step asks the board's MD5 of
+WIFI_METHODS = ("nvs", "improv")  # Wi-Fi written into NVS with the firmware, or sent by Improv serial after boot
+IMPROV_WAIT_S = 10  # how long a freshly flashed firmware may take to answer Improv (ESP Web Tools' default)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,12 @@ class EspOptions:
     identity_store: str  # "auto" (by the partition table), "esp_secure_cert" or "littlefs"
     identity_partition: str | None  # its name in the firmware's partition table; None: found by type
     verify: str = "unchecked"  # "unchecked": only regions esptool's write did not check; "all": every region
+    wifi_method: str = "nvs"  # "nvs": in the NVS partition with the firmware; "improv": by Improv serial after boot
+    improv_wait: float = IMPROV_WAIT_S  # seconds the booted firmware may take to answer Improv
+
+    def wifi_in_nvs(self, wifi) -> bool:
+        """Whether the profile's [wifi] (a WifiSpec or None) is written into NVS."""
+        return wifi is not None and self.wifi_method == "nvs"
 
     def nvs_values(self):
         """The profile's own NVS namespaces as the NVS builder takes them."""
@@ -90,10 +98,22 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
                   "or \"all\" (every written region again).", "verify")
     wifi_raw = top.raw.get("wifi", {})
     ident_raw = top.raw.get("identity", {})
-    wifi_partition = top.sub("wifi", wifi_raw).get("partition", str, "nvs") if generic["wifi"] else "nvs"
+    wifi_table = top.sub("wifi", wifi_raw)
+    wifi_partition = wifi_table.get("partition", str, "nvs") if generic["wifi"] else "nvs"
+    method = wifi_table.get("method", str, "nvs") if generic["wifi"] else "nvs"
+    if method not in WIFI_METHODS:
+        wifi_table.fail(f"method '{method}' is not known; use \"nvs\" (written with the firmware) or \"improv\" "
+                        "(sent by Improv Wi-Fi serial once the firmware has booted).", "method")
+    improv_wait = wifi_table.get("improv_wait", (int, float), IMPROV_WAIT_S) if generic["wifi"] else IMPROV_WAIT_S
+    if not 0 < improv_wait <= 120:
+        wifi_table.fail(f"improv_wait {improv_wait} is out of range; give the seconds the firmware may take to "
+                        "boot and answer Improv (more than 0, at most 120).", "improv_wait")
+    if method == "improv" and "partition" in wifi_raw:
+        wifi_table.fail("partition is where [wifi] goes in NVS; with method = \"improv\" nothing is written "
+                        "there. Remove one of the two.", "partition")
     options = EspOptions(baud=baud, nvs=_load_nvs(top), wifi_partition=wifi_partition,
                          identity_store=ident_raw.get("store", "auto"), identity_partition=ident_raw.get("partition"),
-                         verify=verify)
+                         verify=verify, wifi_method=method, improv_wait=float(improv_wait))
     identity: IdentitySpec | None = generic["identity"]
     if identity is not None:
         table = top.sub("identity", ident_raw)
@@ -102,7 +122,7 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
                        "store")
         if options.identity_partition is not None and not isinstance(options.identity_partition, str):
             table.fail("partition must be the partition's name in the firmware's partition table.", "partition")
-    writes_data = generic["wifi"] or options.nvs or identity
+    writes_data = options.wifi_in_nvs(generic["wifi"]) or options.nvs or identity
     if writes_data and not all(fw.partition_table for fw in firmware.values()):
         top.fail("[wifi], [nvs] and [identity] need a partition-table image in every ESP [[firmware]] set, so the "
                  "station knows where their partitions are. Add the firmware's partition-table.bin with "
@@ -112,7 +132,7 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
             identity_target(options, fw)
         except ValueError as exc:
             top.fail(str(exc))
-    if generic["wifi"] or options.nvs:
+    if options.wifi_in_nvs(generic["wifi"]) or options.nvs:
         _check_partition_exists(top, firmware, wifi_partition, "[wifi] partition")
     return options
 
