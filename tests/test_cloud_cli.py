@@ -22,14 +22,15 @@ def test_up_status_down(open_dir, monkeypatch):
     ca = make_ca()
     monkeypatch.setattr(cloud_cli, "load_issuing_ca", lambda data: ca)
     cli, runner = station_cli(open_dir), CliRunner()
-    admin, device = free_port(), free_port()
+    admin, device, ota = free_port(), free_port(), free_port()
 
     stopped = runner.invoke(cli, ["cloud", "status"])
     assert stopped.exit_code == 1 and "broker: not running" in stopped.output
 
     started = runner.invoke(cli, ["cloud", "up", "--admin-port", str(admin), "--device-port", str(device),
-                                  "--device-host", "127.0.0.1"])
+                                  "--device-host", "127.0.0.1", "--ota-port", str(ota)])
     assert started.exit_code == 0, started.output
+    assert "update server: running" in started.output and f"127.0.0.1 port {ota} (HTTPS" in started.output
     assert "broker: running" in started.output and f"127.0.0.1 port {device}" in started.output
     assert "registered devices: 0" in started.output
 
@@ -42,8 +43,9 @@ def test_up_status_down(open_dir, monkeypatch):
     assert again.exit_code == 0 and f"admin listener: 127.0.0.1:{admin}" in again.output
 
     down = runner.invoke(cli, ["cloud", "down"])
-    assert down.exit_code == 0 and "broker stopped" in down.output
+    assert down.exit_code == 0 and "broker stopped" in down.output and "update server stopped" in down.output
     assert "not running" in runner.invoke(cli, ["cloud", "down"]).output
+    assert "update server: not running" in runner.invoke(cli, ["cloud", "status"]).output
 
 
 def test_up_without_a_station_ca_says_what_to_do(open_dir):

@@ -26,6 +26,7 @@ from station.cloud import CloudError
 from station.text import shown
 
 CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_RELEASE_BYTES = 16 * 1024 * 1024  # the largest ESP8266 flash; a sketch is at most half of it
 APP_FIRST_BYTES = {0xE9: "ESP8266 image", 0x1F: "gzip"}  # what ESP8266httpUpdate accepts in sketch mode
 
 
@@ -56,6 +57,38 @@ def channel_of(profile_path: Path) -> str:
         raise OtaError(f"the profile file name {shown(channel)} can't be a URL path; rename the profile file to "
                        f"letters, digits, '.', '_' and '-'")
     return channel
+
+
+def signing_key_of(profile):
+    """The RSA public key the profile's ESP8266 firmware checks updates with ([[firmware]] signing_key).
+
+    The loaded profile keeps only the key's fingerprint (its images were verified under it), so the key file the
+    profile names is read again and must still have that fingerprint."""
+    import tomllib
+
+    from station.families.esp.profile import FirmwareSet
+    from station.families.esp.signed_image import SignedImageError, key_fingerprint, load_public_key
+    from station.profiles import read_regular_file
+
+    wanted = {fw.signing_key for fw in profile.firmware.values() if isinstance(fw, FirmwareSet) and fw.signing_key}
+    if not wanted:
+        raise OtaError(f"{profile.path}: no [[firmware]] names a signing_key, so nothing can say which releases its "
+                       f"boards accept; add signing_key = \"public.key\" (the firmware's public key) to its ESP8266 "
+                       f"[[firmware]] table.")
+    if len(wanted) > 1:
+        raise OtaError(f"{profile.path}: its [[firmware]] tables name different signing keys; a release is checked "
+                       f"under one key, so publish per profile with one key.")
+    raw = tomllib.loads(read_regular_file(profile.path, 1024 * 1024).decode())
+    for table in raw.get("firmware", []):
+        if "signing_key" in table:
+            path = (profile.path.parent / table["signing_key"]).resolve()
+            try:
+                key = load_public_key(read_regular_file(path, 64 * 1024), f"signing key {path}")
+            except (OSError, SignedImageError) as exc:
+                raise OtaError(f"signing key {path} can't be used ({exc}); restore the profile's public key") from None
+            if key_fingerprint(key) in wanted:
+                return key
+    raise OtaError(f"{profile.path}: the signing key file changed since the profile was loaded; run again")
 
 
 def publish(root: Path, channel: str, data: bytes, public_key, version: str, file_name: str) -> Release:
