@@ -44,6 +44,7 @@ class FlashImage:
     data: bytes = field(repr=False)
     secret: bool = False  # holds a secret (Wi-Fi PSK, private key): its hash is not recorded either
     region: str = ""  # the memory it lands in where a board has several (a DFU alternate setting)
+    signer: str = ""  # fingerprint of the key whose signature over it was verified before it was written
 
     def record(self) -> dict:
         entry: dict = {"name": self.name, "offset": self.offset, "size": len(self.data)}
@@ -51,6 +52,8 @@ class FlashImage:
             entry["region"] = self.region
         if not self.secret:
             entry["sha256"] = hashlib.sha256(self.data).hexdigest()
+        if self.signer:
+            entry["signer_key_sha256"] = self.signer
         return entry
 
 

@@ -20,7 +20,7 @@ class EspFamily(BoardFamily):
     url_schemes = ("", "socket", "rfc2217", "espsim")
     chips = esp_profile.ESP_CHIPS
     profile_keys = {"": ("nvs",), "profile": ("baud", "verify"), "wifi": ("partition", "method", "improv_wait"),
-                    "identity": ("store", "partition")}
+                    "identity": ("store", "partition", "flash_layout", "files", "broker_fingerprint")}
     policies = {
         "detect": StepPolicy(timeout=30, retries=1),
         "check": StepPolicy(timeout=10, retries=0),

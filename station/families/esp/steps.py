@@ -70,6 +70,10 @@ def check(ctx: DeviceContext) -> str:
             except ImageError as exc:
                 raise StepFailed(str(exc)) from exc
             _images_that_fit.add(fit)
+    layout = options(ctx.profile).flash_layout
+    if layout is not None and board.flash_size and board.flash_size < layout.flash_size:
+        raise StepFailed(f"The {layout.name} flash layout needs {layout.flash_size // (1024 * 1024)} MB of flash; "
+                         f"this board has {board.flash_size // 1024} KiB")
     if ctx.profile.identity is not None:
         assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
         store, partition = identity_target_step(options(ctx.profile), firmware)
@@ -82,7 +86,7 @@ def check(ctx: DeviceContext) -> str:
 
 def flash(ctx: DeviceContext) -> str:
     _, firmware = _ready(ctx)
-    images = [FlashImage(i.name, i.offset, i.data) for i in firmware.images]
+    images = [FlashImage(i.name, i.offset, i.data, signer=i.signer) for i in firmware.images]
     ctx.session.write([(i.offset, i.data) for i in images])
     ctx.written += images
     return f"wrote {sum(len(i.data) for i in images)} bytes in {len(images)} images"
@@ -108,7 +112,7 @@ def verify(ctx: DeviceContext) -> str:
     if plan is not None and plan.record:
         part = plan.target
         try:
-            cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size))
+            cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size), options(ctx.profile))
         except (PayloadError, KeyError, ValueError) as exc:
             raise StepFailed(f"Verify failed: the identity read back from {part.name} does not parse ({exc})") \
                 from exc
@@ -169,7 +173,7 @@ def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
     plan = ctx.identity
     if plan is not None and plan.spec.certificate.key_origin == "host":
         assert ctx.ca is not None and ctx.ledger is not None
-        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id)
+        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id, esp)
         images.append(FlashImage(plan.target.name, plan.target.offset, image, secret=True))
     return images
 
