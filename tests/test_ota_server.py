@@ -163,3 +163,55 @@ def test_publish_refuses_unsigned_and_wrongly_signed_files_and_keeps_the_current
     release, path = current(root, CHANNEL)
     assert release == good and path.read_bytes() == sign_image(NEW_APP, SIGNING_KEY)
     assert json.loads((root / CHANNEL / "current.json").read_text())["version"] == "2.2.0"
+
+
+def write_signed_profile(folder: Path, signing_key: bool = True) -> Path:
+    """An ESP8266 Arduino profile whose firmware checks updates with SIGNING_KEY's public key."""
+    app = sign_image(make_app_image("ESP8266", "ota-switch", "2.1.0", size=40 * 1024, arduino=True), SIGNING_KEY)
+    (folder / "app.bin.signed").write_bytes(app)
+    (folder / "public.key").write_bytes(SIGNING_KEY.public_key().public_bytes(
+        PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    path = folder / "relay-node.toml"
+    path.write_text(f'''
+[profile]
+name = "Relay node"
+
+[[firmware]]
+chip = "ESP8266"
+{'signing_key = "public.key"' if signing_key else ''}
+
+[[firmware.images]]
+offset = 0x0
+kind = "app"
+file = "app.bin.signed"
+sha256 = "{hashlib.sha256(app).hexdigest()}"
+''')
+    return path
+
+
+def test_ota_publish_checks_the_file_under_the_profiles_signing_key(tmp_path):
+    from click.testing import CliRunner
+
+    from station.cli import main
+
+    profile = write_signed_profile(tmp_path)
+    good, forged = tmp_path / "2.2.0.bin.signed", tmp_path / "forged.bin.signed"
+    good.write_bytes(sign_image(NEW_APP, SIGNING_KEY))
+    forged.write_bytes(sign_image(NEW_APP, rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    data = tmp_path / "data"
+
+    def run(*args: str):
+        return CliRunner().invoke(main, ["--data-dir", str(data), "ota", "publish", *args])
+
+    done = run(str(good), "--profile", str(profile), "--version", "2.2.0")
+    assert done.exit_code == 0, done.output
+    assert "published 2.2.0.bin.signed as version 2.2.0 of relay-node" in done.output
+    refused = run(str(forged), "--profile", str(profile), "--version", "6.6.6")
+    assert refused.exit_code == 1 and "does not verify" in refused.output and "Traceback" not in refused.output
+    release, path = current(ota_dir(data), "relay-node")
+    assert release.version == "2.2.0" and path.read_bytes() == good.read_bytes()
+
+    (tmp_path / "other").mkdir()
+    unsigned_profile = write_signed_profile(tmp_path / "other", signing_key=False)
+    nokey = run(str(good), "--profile", str(unsigned_profile), "--version", "2.2.0")
+    assert nokey.exit_code == 1 and "signing_key" in nokey.output
