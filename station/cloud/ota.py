@@ -113,31 +113,71 @@ def publish(root: Path, channel: str, data: bytes, public_key, version: str, fil
     release = Release(channel, version, file_name, len(data), hashlib.sha256(data).hexdigest(),
                       hashlib.md5(data).hexdigest(), hashlib.md5(payload).hexdigest(), signer, time.time())
     folder = Path(root) / channel
+    for directory in (Path(root), folder, folder / "releases"):
+        _make_dir(directory)
     _write(folder / "releases" / f"{release.sha256}.bin", data)
     _write(folder / "current.json", json.dumps(asdict(release), indent=1).encode())
     return release
 
 
+class ReleaseShelf:
+    """Reads the published releases through one descriptor of the ota folder, opened at the start: the update
+    server goes on reading them after it has given up root, and reading relative to that descriptor needs no
+    permission on the folders above it (a data dir under /root)."""
+
+    def __init__(self, root: Path):
+        _make_dir(Path(root))
+        self.root = Path(root)
+        self._fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def current(self, channel: str) -> Release | None:
+        """The channel's current release, or None when nothing was published."""
+        if not CHANNEL.fullmatch(channel):
+            return None
+        try:
+            with self.open(f"{channel}/current.json") as file:
+                return Release(**json.loads(file.read()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise OtaError(f"{self.root / channel / 'current.json'} is damaged ({exc}); publish the release "
+                           f"again") from None
+
+    def open_release(self, release: Release):
+        return self.open(f"{release.channel}/releases/{release.sha256}.bin")
+
+    def open(self, name: str):
+        return os.fdopen(os.open(name, os.O_RDONLY, dir_fd=self._fd), "rb")
+
+
 def current(root: Path, channel: str) -> tuple[Release, Path] | None:
     """The channel's current release and its file, or None when nothing was published."""
-    if not CHANNEL.fullmatch(channel):
-        return None
-    folder = Path(root) / channel
+    shelf = ReleaseShelf(root)
     try:
-        release = Release(**json.loads((folder / "current.json").read_text()))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as exc:
-        raise OtaError(f"{folder / 'current.json'} is damaged ({exc}); publish the release again") from None
-    return release, folder / "releases" / f"{release.sha256}.bin"
+        release = shelf.current(channel)
+    finally:
+        shelf.close()
+    return None if release is None else (release, Path(root) / channel / "releases" / f"{release.sha256}.bin")
+
+
+def _make_dir(path: Path) -> None:
+    """A folder of the ota tree, readable by all (the update server may read it as an unprivileged user, through
+    its descriptor of the ota folder); the folders above it (the data dir) keep their own modes."""
+    if not path.is_dir():
+        path.mkdir(parents=True)
+        os.chmod(path, 0o755)
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Next to the final name, fsynced, then renamed over it: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Next to the final name, fsynced, then renamed over it: a reader sees the old file or the new one. Readable
+    by all: a release is public (it goes to every board), and the update server may run unprivileged."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as out:
+            os.fchmod(out.fileno(), 0o644)
             out.write(data)
             out.flush()
             os.fsync(out.fileno())

@@ -18,13 +18,15 @@ voided board is refused even though its certificate still chains to the CA. The 
 before they are logged.
 
 `UpdateService` runs the server as its own process for `station cloud up` (PID file, log, `down`), with a
-minimal environment: the station's secrets never reach it.
+minimal environment: the station's secrets never reach it. Started as root, the process gives root up (to
+`nobody`) once it has opened what it reads; it never serves a request as root.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import ssl
@@ -40,7 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from station.cloud import BrokerError
-from station.cloud.ota import current
+from station.cloud.ota import ReleaseShelf
 from station.cloud.tls import IssuingCA, issue_server_certificate, server_certificate_fits
 from station.identity.ledger import Ledger, serial_hex
 from station.text import one_line
@@ -51,6 +53,7 @@ HANDSHAKE_TIMEOUT_S = 10.0  # the ESP8266 HTTP client's own timeout is 8 s
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 CHUNK = 64 * 1024
+SERVER_USER = "nobody"  # who the server runs as when the station runs as root
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class UpdateServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, config: UpdateServerConfig, cert_file: Path, key_file: Path, trust_pem: bytes):
+    def __init__(self, config: UpdateServerConfig, cert_file: Path, key_file: Path, trust_pem: bytes,
+                 listen: bool = True):
         self.config = config
         self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.tls.minimum_version = ssl.TLSVersion.TLSv1_2  # BearSSL on the ESP8266 speaks 1.2
@@ -75,8 +79,16 @@ class UpdateServer(ThreadingHTTPServer):
         if config.client_certs:
             self.tls.verify_mode = ssl.CERT_REQUIRED
             self.tls.load_verify_locations(cadata=trust_pem.decode())
-        super().__init__((config.host, config.port), UpdateHandler)
-        self.ledger = Ledger(config.journal)
+        super().__init__((config.host, config.port), UpdateHandler, bind_and_activate=False)
+        try:
+            self.server_bind()  # `listen` False: bound now (a port below 1024 needs root), listening later
+            if listen:
+                self.server_activate()
+            self.ledger = Ledger(config.journal)
+            self.releases = ReleaseShelf(Path(config.ota_dir))
+        except BaseException:
+            self.socket.close()
+            raise
 
     def finish_request(self, request, client_address) -> None:
         """The TLS handshake happens here, in the request's own thread: a slow client never holds up accept()."""
@@ -95,6 +107,7 @@ class UpdateServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         super().server_close()
         self.ledger.close()
+        self.releases.close()
 
     def refusal(self, peer_der: bytes | None) -> str:
         """Why this peer may not have firmware ("" when it may)."""
@@ -127,10 +140,9 @@ class UpdateHandler(BaseHTTPRequestHandler):
         refusal = self.server.refusal(self.connection.getpeercert(binary_form=True))
         if refusal:
             return self._answer(403, refusal)
-        found = current(Path(self.server.config.ota_dir), parts[1])
-        if found is None:
+        release = self.server.releases.current(parts[1])
+        if release is None:
             return self._answer(404, f"no firmware published for {parts[1]}")
-        release, path = found
         if mode == "version":
             return self._answer(200, "", {"x-version": release.version})
         if mode != "sketch":
@@ -145,7 +157,7 @@ class UpdateHandler(BaseHTTPRequestHandler):
         self.send_header("x-MD5", release.md5)
         self.send_header("x-version", release.version)
         self.end_headers()
-        with open(path, "rb") as data:
+        with self.server.releases.open_release(release) as data:
             while chunk := data.read(CHUNK):
                 self.wfile.write(chunk)
 
@@ -297,13 +309,31 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def drop_root() -> None:
+    """Started as root, the server gives root up before it hears a request: everything it reads is open by then
+    (the listening socket, its key in the TLS context, the journal and its WAL files, the ota folder)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        user = pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise SystemExit(f"the update server gives up root for user '{SERVER_USER}', which does not exist; "
+                         f"run the station as a normal user") from None
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+
+
 def serve(state_dir: Path) -> int:
     """The process's main: serve until SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     config = _load_config(state_dir)
     server = UpdateServer(config, state_dir / "server.pem", state_dir / "server.key",
-                          (state_dir / "ca-chain.pem").read_bytes())
+                          (state_dir / "ca-chain.pem").read_bytes(), listen=False)
+    server.ledger.count()  # a first read opens the journal's WAL and shared-memory files while they can be
+    drop_root()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.server_activate()  # `cloud up` waits for the port to accept: by then root is given up
     log.info("serving firmware updates on %s port %d", config.host or "all interfaces", config.port)
     try:
         server.serve_forever()

@@ -197,7 +197,7 @@ class ImprovClient:
     # --- the line ---------------------------------------------------------------------------------------------
 
     def _write(self, packet: bytes, what: str) -> None:
-        log.debug("improv %s: %s (%d bytes)", getattr(self.port, "port", "port"), what, len(packet))
+        log.debug("improv %s: %s (%d bytes)", self.port.port, what, len(packet))
         self.port.write(packet)
 
     def _next(self, deadline: float) -> tuple[int, bytes] | None:
