@@ -60,6 +60,16 @@ def test_result_strings_stop_at_the_total_length_so_a_trailing_checksum_byte_is_
     assert improv.parse_strings(data) == (0x01, ["http://x/"])
 
 
+def test_the_reader_skips_noise_a_log_line_saying_improv_and_a_damaged_packet():
+    good = improv.encode_packet(improv.CURRENT_STATE, b"\x02")
+    damaged = bytearray(improv.encode_packet(improv.CURRENT_STATE, b"\x04"))
+    damaged[-2] ^= 0x01  # the checksum no longer holds
+    reader = improv._Reader()
+    reader.buf += b"\xe0\x1c\x8c\xf0" + b"[C][improv_serial]: IMPROV serial ready\r\n" + bytes(damaged) + good
+    assert reader.next_packet() == (improv.CURRENT_STATE, b"\x02")
+    assert reader.next_packet() is None and reader.last_line().endswith("IMPROV serial ready")
+
+
 # --- client against the emulated firmware ------------------------------------------------------------------------------
 
 
@@ -107,6 +117,20 @@ def test_esptool_hard_reset_boots_the_app_and_improv_answers_on_the_same_port():
             client.wait_ready(5)
             assert client.send_wifi(SSID, PSK) == (device_url(board),)
     assert board.boot_count >= 1 and board.wifi == (SSID, PSK)
+
+
+def test_an_app_with_the_identity_agent_and_improv_answers_both_on_one_uart():
+    from station.identity.agent import AgentClient
+
+    board = EspBoard("esp8266", 1)
+    board.flash.program(0, make_app_image("ESP8266", "relay", "3.1.0", size=48 * 1024, arduino=True,
+                                          identity_agent=True, improv=True))
+    board.access_points = {SSID: PSK}
+    with EspSimServer([board]) as server, open_app(server) as port:
+        assert AgentClient(port).get_info().state == "fresh"
+        client = ImprovClient(port)
+        client.wait_ready(5)
+        assert client.send_wifi(SSID, PSK) == (device_url(board),)
 
 
 # --- in a batch ------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 VERIFY_MODES = ("unchecked", "all")  # which written regions the verify step asks the board's MD5 of
 WIFI_METHODS = ("nvs", "improv")  # Wi-Fi written into NVS with the firmware, or sent by Improv serial after boot
 IMPROV_WAIT_S = 10  # how long a freshly flashed firmware may take to answer Improv (ESP Web Tools' default)
+IMPROV_WAIT_MAX_S = 20  # with the join's 35 s and GET_DEVICE_INFO's 5 s, within the wifi step's 60 s
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,10 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
         wifi_table.fail(f"method '{method}' is not known; use \"nvs\" (written with the firmware) or \"improv\" "
                         "(sent by Improv Wi-Fi serial once the firmware has booted).", "method")
     improv_wait = wifi_table.get("improv_wait", (int, float), IMPROV_WAIT_S) if generic["wifi"] else IMPROV_WAIT_S
-    if not 0 < improv_wait <= 120:
+    if not 0 < improv_wait <= IMPROV_WAIT_MAX_S:
         wifi_table.fail(f"improv_wait {improv_wait} is out of range; give the seconds the firmware may take to "
-                        "boot and answer Improv (more than 0, at most 120).", "improv_wait")
+                        f"boot and answer Improv (more than 0, at most {IMPROV_WAIT_MAX_S}: the wifi step also "
+                        f"waits up to 35 s for the network join within its 60 s).", "improv_wait")
     if method == "improv" and "partition" in wifi_raw:
         wifi_table.fail("partition is where [wifi] goes in NVS; with method = \"improv\" nothing is written "
                         "there. Remove one of the two.", "partition")
