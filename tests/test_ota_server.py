@@ -8,6 +8,7 @@ import http.client
 import json
 import ssl
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,22 +75,31 @@ def fleet(tmp_path_factory):
     return data, ca, identities
 
 
-@pytest.fixture
-def server(fleet, tmp_path):
-    """The update server on loopback, client certificates on; stopped after the test."""
+@contextmanager
+def serving(fleet, folder: Path, client_certs: bool = True):
+    """The update server on loopback; stopped when the block ends."""
     data, ca, _ = fleet
     key, cert = issue_server_certificate(ca.issuing, ca.issuing_key, ["127.0.0.1"])
-    (tmp_path / "server.pem").write_bytes(cert.public_bytes(PEM) + ca.issuing.public_bytes(PEM))
-    (tmp_path / "server.key").write_bytes(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
-                                                            serialization.NoEncryption()))
-    config = UpdateServerConfig("127.0.0.1", 0, str(tmp_path / "ota"), str(data / "journal.sqlite3"), True)
-    srv = UpdateServer(config, tmp_path / "server.pem", tmp_path / "server.key", issuing_ca_from(ca).trust_pem())
+    (folder / "server.pem").write_bytes(cert.public_bytes(PEM) + ca.issuing.public_bytes(PEM))
+    (folder / "server.key").write_bytes(key.private_bytes(PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    config = UpdateServerConfig("127.0.0.1", 0, str(folder / "ota"), str(data / "journal.sqlite3"), client_certs)
+    srv = UpdateServer(config, folder / "server.pem", folder / "server.key", issuing_ca_from(ca).trust_pem())
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def server(fleet, tmp_path):
+    """Client certificates on."""
+    with serving(fleet, tmp_path) as srv:
+        yield srv
 
 
 def published(srv: UpdateServer, version: str = "2.2.0") -> bytes:
@@ -147,6 +157,14 @@ def test_nothing_published_is_404_and_no_client_certificate_gets_no_tls_session(
     published(server)
     with pytest.raises((ssl.SSLError, ConnectionError)):
         ask(server, ca, None)
+
+
+def test_with_client_certificates_off_any_board_is_served(fleet, tmp_path):
+    _, ca, identities = fleet
+    with serving(fleet, tmp_path, client_certs=False) as srv:
+        signed = published(srv)
+        assert ask(srv, ca, None).body == signed
+        assert ask(srv, ca, identities[2]).status == 200  # not asked for, so not checked
 
 
 def test_publish_refuses_unsigned_and_wrongly_signed_files_and_keeps_the_current_release(tmp_path):
