@@ -86,7 +86,36 @@ def test_esp8266_boards_get_their_identity_files_in_spiffs(bench, tmp_path):
         assert board.flash.read(FS_END, 0x400000 - FS_END) == b"\xFF" * (0x400000 - FS_END)  # EEPROM, RF, Wi-Fi
         assert board.flash.read(len(app.data), FS_START - len(app.data)).count(b"\xFF") == FS_START - len(app.data)
     steps = {r["port"]: [s["detail"] for s in r["steps"] if s["name"] == "verify"] for r in records.values()}
-    assert all("identity read back from spiffs (4M1M)" in d[0] for d in steps.values())
+    assert all("identity read back from spiffs (4M1M) (24 KiB)" in d[0] for d in steps.values())  # blocks in use
+
+
+def test_a_1m64_board_gets_spiffs_of_4096_byte_blocks_with_a_certs_ar_trust_store(bench, tmp_path):
+    from station.families.esp.payloads.littlefs import read_ar
+
+    path = edited(tmp_path, 'ca = "/ca.der"', 'trust_store = "/certs.ar"')
+    path.write_text(path.read_text().replace('flash_layout = "4M1M"', 'flash_layout = "1M64"'))
+    boards = [EspBoard("esp8266", 1, flash_size="1MB")]
+    bench(boards)
+    summary = run_batch(load_profile(path), tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    assert summary.failed == {}
+    image = boards[0].flash.read(0xEB000, 0x10000)  # eagle.flash.1m64.ld: 0xEB000-0xFB000, blocks of 4096
+    files = scan_pages(image, 4096)
+    assert files == read_spiffs(image, 4096)
+    assert set(files) == {"/client.der", "/client.key", "/certs.ar", "/broker.fp"}
+    assert read_ar(files["/certs.ar"]) == [("ca_000.der", CA.root.public_bytes(serialization.Encoding.DER))]
+
+
+def test_the_store_key_alone_moves_the_same_files_to_littlefs(bench, tmp_path):
+    from station.families.esp.payloads.littlefs import read_fs
+
+    profile = load_profile(edited(tmp_path, 'store = "spiffs"', 'store = "littlefs"'))
+    boards = [EspBoard("esp8266", 1)]
+    bench(boards)
+    summary = run_batch(profile, tmp_path / "registry", Journal(tmp_path / "j.sqlite3"))
+    assert summary.failed == {}
+    files = read_fs(boards[0].flash.read(FS_START, FS_END - FS_START), 8192, 32)
+    assert set(files) == {"/client.der", "/client.key", "/ca.der", "/broker.fp"}
+    assert files["/ca.der"] == CA.root.public_bytes(serialization.Encoding.DER)
 
 
 def test_a_board_with_less_flash_than_the_layout_is_refused_before_writing(bench, tmp_path):
@@ -173,6 +202,13 @@ def test_an_unsigned_app_with_a_signing_key_is_refused_at_load(tmp_path):
     path.write_text(text)
     with pytest.raises(ProfileError, match=r"\[firmware\[0\]\.images\[0\]\.file\] app\.bin\.signed: the image is "
                                            r"not signed for this key"):
+        load_profile(path)
+
+
+def test_a_signing_key_for_other_chips_is_refused(tmp_path):
+    path = signed_profile(tmp_path / "p", SIGNER)
+    path.write_text(path.read_text().replace('chip = "ESP8266"', 'chip = "ESP32"'))
+    with pytest.raises(ProfileError, match="signing_key checks ESP8266 Arduino signed updates; ESP32 firmware"):
         load_profile(path)
 
 

@@ -38,9 +38,13 @@ def test_shipped_profiles_load():
     for path in PROFILES.glob("*.toml"):
         profile = load_profile(path)
         assert profile.firmware
-        assert (profile.wifi is not None) == ("esp" in profile.families)  # only ESP boards take Wi-Fi here
+        # only ESP boards take Wi-Fi here (in NVS, so not Arduino ESP8266 firmware, which has a flash layout)
+        arduino = "esp" in profile.families and profile.options["esp"].flash_layout is not None
+        assert (profile.wifi is not None) == ("esp" in profile.families and not arduino)
         for chip, fw in profile.firmware.items():
-            if chip in ESP_CHIPS:
+            if arduino:
+                assert [i.kind for i in fw.images] == ["app"]  # eboot and the sketch in one .bin at 0x0
+            elif chip in ESP_CHIPS:
                 assert {i.kind for i in fw.images} == {"bootloader", "partition-table", "app"}
             else:  # a DFU board: every image lands somewhere
                 assert fw.placements and all(p.data for p in fw.placements)

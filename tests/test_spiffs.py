@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from station.families.esp.payloads import PayloadError
-from station.families.esp.payloads.spiffs import build_spiffs, read_spiffs
+from station.families.esp.payloads.spiffs import build_spiffs, read_spiffs, used_length
 
 FS_4M1M = 0xFA000  # _FS_end - _FS_start of eagle.flash.4m1m.ld, blocks of 8192
 FS_1M64 = 0x10000  # 1M64: blocks of 4096
@@ -109,10 +109,6 @@ def test_the_reader_refuses_what_the_firmware_would_format():
 
 def test_the_reader_refuses_an_inconsistent_image():
     image = bytearray(build_spiffs({"/a": b"A" * 300}, FS_4M1M, 8192))
-    image[256 + 8:256 + 12] = b"\xFF" * 4  # size never written: the file was not closed
-    with pytest.raises(PayloadError, match="never closed"):
-        read_spiffs(bytes(image), 8192)
-    image = bytearray(build_spiffs({"/a": b"A" * 300}, FS_4M1M, 8192))
     image[768 + 2] = 5  # second data page claims another span
     with pytest.raises(PayloadError, match="holds span 5"):
         read_spiffs(bytes(image), 8192)
@@ -120,6 +116,24 @@ def test_the_reader_refuses_an_inconsistent_image():
     image[512 + 4] = 0xFE  # a data page that was never finalised
     with pytest.raises(PayloadError, match="not a finished data page"):
         read_spiffs(bytes(image), 8192)
+
+
+def test_a_file_created_and_never_written_reads_as_empty():
+    image = bytearray(build_spiffs({"/a": b"", "/b": b"B"}, FS_4M1M, 8192))
+    assert struct.unpack_from("<I", image, 256 + 8) == (0,)
+    image[256 + 8:256 + 12] = b"\xFF" * 4  # SPIFFS_UNDEFINED_LEN, as spiffs_object_create leaves it
+    assert read_spiffs(bytes(image), 8192) == {"/a": b"", "/b": b"B"}
+
+
+def test_random_file_sets_read_back_alike_through_both_readers():
+    rng = random.Random(15)
+    for _ in range(20):
+        size, block, largest = rng.choice([(FS_4M1M, 8192, 40_000), (FS_1M64, 4096, 8_000), (0x40000, 4096, 30_000)])
+        files = {f"/f{n}.{rng.choice(['der', 'key', 'ar'])}": rng.randbytes(rng.choice([0, 1, 250, 251, 252,
+                                                                                          rng.randrange(largest)]))
+                 for n in range(rng.randrange(1, 7))}
+        image = build_spiffs(files, size, block)
+        assert read_spiffs(image, block) == scan_pages(image, block) == files
 
 
 def test_names_follow_the_cores_limits():
@@ -144,3 +158,13 @@ def test_bad_geometry_is_refused_by_name():
         build_spiffs({}, 6144 * 10, 6144)
     with pytest.raises(PayloadError, match="not a whole number"):
         build_spiffs({}, 8192 * 10 + 4096, 8192)
+
+
+def test_the_blocks_in_use_read_alone_as_the_same_files():
+    image = build_spiffs(FILES, FS_4M1M, 8192)
+    assert used_length(image, 8192) == 3 * 8192  # the files fill one block; three is the least SPIFFS here
+    assert read_spiffs(image[:3 * 8192], 8192) == FILES
+    big = {"/certs.ar": random.Random(3).randbytes(40_000)}  # 160 data + 2 index pages: 6 blocks of 31
+    image = build_spiffs(big, FS_4M1M, 8192)
+    assert used_length(image, 8192) == 6 * 8192
+    assert read_spiffs(image[:6 * 8192], 8192) == scan_pages(image[:6 * 8192], 8192) == big

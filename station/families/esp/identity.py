@@ -49,6 +49,14 @@ def read_identity_files(store: str, image: bytes, options: EspOptions) -> dict[s
     return read_fs(image, fs_block_size(options), 32)
 
 
+def read_back_length(store: str, image: bytes, options: EspOptions) -> int:
+    """How much of the identity's place verify reads back: all of it, but of SPIFFS only the blocks in use
+    (a megabyte of erased blocks is 12 s of serial reading at 921600 baud)."""
+    from station.families.esp.payloads.spiffs import used_length
+
+    return used_length(image, fs_block_size(options)) if store == "spiffs" else len(image)
+
+
 def read_back_certificate(plan: IdentityPlan, image: bytes, options: EspOptions) -> x509.Certificate:
     """The device certificate as the board's firmware will find it in the partition just written."""
     from station.families.esp.payloads.secure_cert import DEV_CERT, read_secure_cert

@@ -60,7 +60,7 @@ class EspOptions:
     baud: int
     nvs: dict[str, dict[str, tuple[str, int | str]]]  # namespace -> key -> (type, value)
     wifi_partition: str  # the NVS partition (by name in the firmware's partition table) that takes Wi-Fi
-    identity_store: str  # "auto" (by the partition table), "esp_secure_cert" or "littlefs"
+    identity_store: str  # "auto" (by the partition table), "esp_secure_cert", "littlefs" or "spiffs"
     identity_partition: str | None  # its name in the firmware's partition table; None: found by type
     verify: str = "unchecked"  # "unchecked": only regions esptool's write did not check; "all": every region
     flash_layout: FlashLayout | None = None  # ESP8266 Arduino: the filesystem's place without a partition table
@@ -88,6 +88,9 @@ def describe_firmware(fw: FirmwareSet) -> list[str]:
 
 def load_firmware(fw: Table, base: Path, chip: str) -> FirmwareSet:
     fw.check_keys(("chip", "images", "signing_key"))
+    if "signing_key" in fw.raw and chip != "ESP8266":
+        fw.fail(f"signing_key checks ESP8266 Arduino signed updates; {chip} firmware is not signed that way. "
+                f"Remove it.", "signing_key")
     images = tuple(_load_image(fw.sub(f"images[{i}]", r), base, chip) for i, r in enumerate(fw.get("images", list)))
     if not images:
         fw.fail("images is empty; list the bootloader, partition table and app.", "images")
@@ -226,8 +229,8 @@ def _load_identity_files(table: Table, options: EspOptions, firmware: dict[str, 
     layout = None
     if "flash_layout" in table.raw:
         if store not in FILESYSTEM_STORES:
-            table.fail(f"flash_layout places a filesystem; set store = \"spiffs\" or \"littlefs\" (the one the "
-                       f"firmware mounts).", "store")
+            table.fail("flash_layout places a filesystem; set store = \"spiffs\" or \"littlefs\" (the one the "
+                       "firmware mounts).", "store")
         try:
             layout = flash_layout(table.get("flash_layout", str))
         except ValueError as exc:
@@ -252,8 +255,7 @@ def _load_identity_files(table: Table, options: EspOptions, firmware: dict[str, 
         clash = [n for n in given.values() if list(given.values()).count(n) > 1]
         if clash:
             files.fail(f"{clash[0]} is named for two files; give each its own name.")
-        names = IdentityFileNames(**{"client_cert": names.client_cert, "client_key": names.client_key,
-                                     "trust_store": None, **given})
+        names = replace(IdentityFileNames(trust_store=None), **given)  # the CA only where the profile says
     fingerprint = None
     if "broker_fingerprint" in table.raw:
         fingerprint = _parse_fingerprint(table)

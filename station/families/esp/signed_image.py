@@ -74,9 +74,9 @@ def verify_signed_image(data: bytes, public_key: rsa.RSAPublicKey | bytes) -> st
         key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
     except InvalidSignature:
         if _is_legacy_signature(key, signature, payload):
-            raise SignedImageError(f"the image is signed in the legacy format of cores up to 2.5.2 (bare digest, "
-                                   f"no DigestInfo), which later cores refuse; sign it again with the current "
-                                   f"tools/signing.py.") from None
+            raise SignedImageError("the image is signed in the legacy format of cores up to 2.5.2 (bare digest, "
+                                   "no DigestInfo), which later cores refuse; sign it again with the current "
+                                   "tools/signing.py.") from None
         raise SignedImageError(f"the image's signature does not verify under the public key {fingerprint[:16]}…: "
                                f"it was signed with another key or changed after signing; sign it with the "
                                f"private key that belongs to the profile's public key.") from None

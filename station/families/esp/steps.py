@@ -7,7 +7,8 @@ background worker while the firmware is flashing, and written in the same sessio
 from __future__ import annotations
 
 from station.families.esp import esptool_glue
-from station.families.esp.identity import build_identity_image, identity_target_step, read_back_certificate
+from station.families.esp.identity import (build_identity_image, identity_target_step, read_back_certificate,
+                                           read_back_length)
 from station.families.esp.image import ImageError, check_app_image
 from station.families.esp.payloads import PayloadError
 from station.families.esp.payloads.partition_table import Partition, find_partition, parse_partition_table
@@ -111,14 +112,16 @@ def verify(ctx: DeviceContext) -> str:
     plan = ctx.identity
     if plan is not None and plan.record:
         part = plan.target
+        written = next(i for i in ctx.written if i.offset == part.offset)
+        data = ctx.session.read(part.offset, read_back_length(plan.store, written.data, options(ctx.profile)))
         try:
-            cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size), options(ctx.profile))
+            cert = read_back_certificate(plan, data, options(ctx.profile))
         except (PayloadError, KeyError, ValueError) as exc:
             raise StepFailed(f"Verify failed: the identity read back from {part.name} does not parse ({exc})") \
                 from exc
         if serial_hex(cert) != plan.record["certificate_serial"]:
             raise StepFailed(f"Verify failed: {part.name} holds certificate {serial_hex(cert)}, not the one issued")
-        detail += f"; identity read back from {part.name}"
+        detail += f"; identity read back from {part.name} ({len(data) // 1024} KiB)"
     return detail
 
 

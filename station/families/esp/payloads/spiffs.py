@@ -41,6 +41,7 @@ _FLAG_USED, _FLAG_FINAL, _FLAG_INDEX, _FLAG_IXDELE, _FLAG_DELET = 0x01, 0x02, 0x
 _DATA_FLAGS = 0xFF & ~(_FLAG_USED | _FLAG_FINAL)  # 0xFC
 _INDEX_FLAGS = _DATA_FLAGS & ~_FLAG_INDEX  # 0xF8
 _TYPE_FILE = 1
+_UNDEFINED_LEN = 0xFFFFFFFF  # SPIFFS_UNDEFINED_LEN: the size of a file before its first write
 _FREE_BLOCKS = 2  # spiffs_obj_lu_find_free allocates nothing with fewer wholly free blocks
 
 
@@ -221,6 +222,16 @@ def read_spiffs(image: bytes, block_size: int, page_size: int = PAGE_SIZE) -> di
     return files
 
 
+def used_length(image: bytes, block_size: int, page_size: int = PAGE_SIZE) -> int:
+    """Bytes from the start through the last block with a page in use (at least the smallest SPIFFS this module
+    takes). The magic does not depend on the block count (no SPIFFS_USE_MAGIC_LENGTH) and page numbers count from
+    the start, so those blocks alone read as the same files: verify need not read back erased blocks."""
+    geo = geometry(len(image), block_size, page_size)
+    used = [bix for bix in range(len(image) // block_size)
+            if any(_ID.unpack_from(image, geo.lookup_slot(bix, e))[0] != _FREE for e in range(geo.lookup_entries))]
+    return max(used[-1] + 1 if used else 0, _FREE_BLOCKS + 1) * block_size
+
+
 def _index_pages(geo: Geometry, data_pages: int) -> int:
     extra = max(0, data_pages - geo.head_index_len)
     return 1 + -(-extra // geo.index_len)
@@ -243,8 +254,8 @@ def _read_object(image: bytes, geo: Geometry, obj_id: int, indexes: dict[int, in
     name = raw_name.split(b"\0", 1)[0].decode("utf-8", "replace")
     if kind != _TYPE_FILE:
         raise PayloadError(f"SPIFFS object {name!r} has type {kind}, not a file (1); the image is corrupt.")
-    if size == 0xFFFFFFFF:
-        raise PayloadError(f"SPIFFS file {name!r} has no size: it was never closed. Write the image again.")
+    if size == _UNDEFINED_LEN:  # created and never written: SPIFFS reads it as empty
+        size = 0
     owned = set(data_pages)
     count = -(-size // geo.data_per_page)
     out = bytearray()
