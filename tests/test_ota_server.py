@@ -233,3 +233,23 @@ def test_ota_publish_checks_the_file_under_the_profiles_signing_key(tmp_path):
     unsigned_profile = write_signed_profile(tmp_path / "other", signing_key=False)
     nokey = run(str(good), "--profile", str(unsigned_profile), "--version", "2.2.0")
     assert nokey.exit_code == 1 and "signing_key" in nokey.output
+
+
+def test_a_busy_update_port_is_refused_in_one_line_before_anything_starts(tmp_path):
+    import socket
+
+    from station.cloud import BrokerError
+    from station.cloud.update_server import UpdateService
+
+    ca = StationCA.ephemeral()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        service = UpdateService(tmp_path / "update-server", UpdateServerConfig(
+            "127.0.0.1", port, str(tmp_path / "ota"), str(tmp_path / "journal.sqlite3"), True),
+            issuing_ca_from(ca), ["127.0.0.1"])
+        with pytest.raises(BrokerError) as err:
+            service.up()
+    assert f"port {port}" in str(err.value) and "--ota-port" in str(err.value) and "\n" not in str(err.value)
+    assert service.running_pid() is None

@@ -209,6 +209,7 @@ class UpdateService:
             return self.status_line()
         if self.config is None or self.ca is None or self.ca.key is None:
             raise BrokerError("the update server needs its settings and the station CA (for its server certificate)")
+        _check_port_free(self.config.host, self.config.port)
         self._prepare_files()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",  # none of the station's secrets
                "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -301,6 +302,17 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BrokerError(f"the update server can't listen on {host or 'all interfaces'} port {port} "
+                              f"({exc.strerror}): another program listens there; stop it or choose another "
+                              f"--ota-port") from None
+
+
 def _accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -328,8 +340,12 @@ def serve(state_dir: Path) -> int:
     """The process's main: serve until SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     config = _load_config(state_dir)
-    server = UpdateServer(config, state_dir / "server.pem", state_dir / "server.key",
-                          (state_dir / "ca-chain.pem").read_bytes(), listen=False)
+    try:
+        server = UpdateServer(config, state_dir / "server.pem", state_dir / "server.key",
+                              (state_dir / "ca-chain.pem").read_bytes(), listen=False)
+    except OSError as exc:  # the port was taken since `up` checked it, or a file went missing
+        log.error("the update server can't start: %s", exc)
+        return 1
     server.ledger.count()  # a first read opens the journal's WAL and shared-memory files while they can be
     drop_root()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
