@@ -22,6 +22,9 @@ FILESYSTEM_STORES = ("littlefs", "spiffs")  # the identity as files BearSSL firm
 IDENTITY_FILE_KEYS = ("client_cert", "client_key", "ca", "trust_store", "fingerprint")
 MAX_KEY_FILE_BYTES = 64 * 1024
 VERIFY_MODES = ("unchecked", "all")  # which written regions the verify step asks the board's MD5 of
+WIFI_METHODS = ("nvs", "improv")  # Wi-Fi written into NVS with the firmware, or sent by Improv serial after boot
+IMPROV_WAIT_S = 10  # how long a freshly flashed firmware may take to answer Improv (ESP Web Tools' default)
+IMPROV_WAIT_MAX_S = 20  # with the join's 35 s and GET_DEVICE_INFO's 5 s, within the wifi step's 60 s
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class EspOptions:
     flash_layout: FlashLayout | None = None  # ESP8266 Arduino: the filesystem's place without a partition table
     identity_files: IdentityFileNames = IdentityFileNames()  # names of the identity files on a filesystem store
     broker_fingerprint: bytes | None = None  # the broker certificate's SHA-1 or SHA-256, written as a file
+    wifi_method: str = "nvs"  # "nvs": in the NVS partition with the firmware; "improv": by Improv serial after boot
+    improv_wait: float = IMPROV_WAIT_S  # seconds the booted firmware may take to answer Improv
+
+    def wifi_in_nvs(self, wifi) -> bool:
+        """Whether the profile's [wifi] (a WifiSpec or None) is written into NVS."""
+        return wifi is not None and self.wifi_method == "nvs"
 
     def nvs_values(self):
         """The profile's own NVS namespaces as the NVS builder takes them."""
@@ -137,10 +146,23 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
                   "or \"all\" (every written region again).", "verify")
     wifi_raw = top.raw.get("wifi", {})
     ident_raw = top.raw.get("identity", {})
-    wifi_partition = top.sub("wifi", wifi_raw).get("partition", str, "nvs") if generic["wifi"] else "nvs"
+    wifi_table = top.sub("wifi", wifi_raw)
+    wifi_partition = wifi_table.get("partition", str, "nvs") if generic["wifi"] else "nvs"
+    method = wifi_table.get("method", str, "nvs") if generic["wifi"] else "nvs"
+    if method not in WIFI_METHODS:
+        wifi_table.fail(f"method '{method}' is not known; use \"nvs\" (written with the firmware) or \"improv\" "
+                        "(sent by Improv Wi-Fi serial once the firmware has booted).", "method")
+    improv_wait = wifi_table.get("improv_wait", (int, float), IMPROV_WAIT_S) if generic["wifi"] else IMPROV_WAIT_S
+    if not 0 < improv_wait <= IMPROV_WAIT_MAX_S:
+        wifi_table.fail(f"improv_wait {improv_wait} is out of range; give the seconds the firmware may take to "
+                        f"boot and answer Improv (more than 0, at most {IMPROV_WAIT_MAX_S}: the wifi step also "
+                        f"waits up to 35 s for the network join within its 60 s).", "improv_wait")
+    if method == "improv" and "partition" in wifi_raw:
+        wifi_table.fail("partition is where [wifi] goes in NVS; with method = \"improv\" nothing is written "
+                        "there. Remove one of the two.", "partition")
     options = EspOptions(baud=baud, nvs=_load_nvs(top), wifi_partition=wifi_partition,
                          identity_store=ident_raw.get("store", "auto"), identity_partition=ident_raw.get("partition"),
-                         verify=verify)
+                         verify=verify, wifi_method=method, improv_wait=float(improv_wait))
     identity: IdentitySpec | None = generic["identity"]
     if identity is not None:
         table = top.sub("identity", ident_raw)
@@ -151,7 +173,7 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
             table.fail("partition must be the partition's name in the firmware's partition table.", "partition")
         options = _load_identity_files(table, options, firmware, identity)
     # an ESP8266 Arduino layout says where the filesystem is: no partition table needed for the identity
-    writes_data = generic["wifi"] or options.nvs or (identity and not options.flash_layout)
+    writes_data = options.wifi_in_nvs(generic["wifi"]) or options.nvs or (identity and not options.flash_layout)
     if writes_data and not all(fw.partition_table for fw in firmware.values()):
         top.fail("[wifi], [nvs] and [identity] need a partition-table image in every ESP [[firmware]] set, so the "
                  "station knows where their partitions are. Add the firmware's partition-table.bin with "
@@ -161,7 +183,7 @@ def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str
             identity_target(options, fw)
         except ValueError as exc:
             top.fail(str(exc))
-    if generic["wifi"] or options.nvs:
+    if options.wifi_in_nvs(generic["wifi"]) or options.nvs:
         _check_partition_exists(top, firmware, wifi_partition, "[wifi] partition")
     return options
 

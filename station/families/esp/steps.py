@@ -25,11 +25,13 @@ def esp_steps(profile: Profile) -> list[Step]:
     esp = options(profile)
     steps = [Step("detect", "Detecting", detect, identifies=True), Step("check", "Checking", check),
              Step("flash", "Flashing", flash, transfers=True)]
-    if profile.wifi or esp.nvs or profile.identity:
+    if esp.wifi_in_nvs(profile.wifi) or esp.nvs or profile.identity:
         steps.append(Step("write-data", "Writing data", write_data, transfers=True))
     steps += [Step("verify", "Verifying", verify, verifies=True), Step("reset", "Resetting", reset)]
     if profile.identity and profile.identity.certificate.key_origin == "board":
         steps.append(Step("identity", "Identity", identity_on_board))  # the app the reset booted makes the key
+    if profile.wifi and esp.wifi_method == "improv":
+        steps.append(Step("wifi", "Joining Wi-Fi", wifi_by_improv))  # the booted app takes the credentials
     return steps
 
 
@@ -77,7 +79,7 @@ def check(ctx: DeviceContext) -> str:
         assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
         store, partition = identity_target_step(options(ctx.profile), firmware)
         ctx.identity = plan_identity(ctx.profile.identity, board, ctx.ledger, ctx.reprovision, store, partition)
-    if ctx.profile.wifi or options(ctx.profile).nvs or ctx.identity:
+    if options(ctx.profile).wifi_in_nvs(ctx.profile.wifi) or options(ctx.profile).nvs or ctx.identity:
         ctx.payloads = ctx.pool.submit(build_payloads, ctx)
     identity = f"; identity {ctx.identity.subject_serial}" if ctx.identity else ""
     return f"{len(firmware.images)} images for {board.chip} fit and match{identity}"
@@ -135,6 +137,28 @@ def identity_on_board(ctx: DeviceContext) -> str:
         return issue_on_board(ctx.identity, ctx.ca, ctx.ledger, ctx.device_id, board, port)
 
 
+def wifi_by_improv(ctx: DeviceContext) -> str:
+    """Send [wifi] to the booted firmware by Improv serial and check that it joined; the URL it reports is recorded
+    in this step's detail. The passphrase is sent and nothing else is done with it."""
+    from station.families.esp.improv import ImprovClient, ImprovError
+
+    wifi, esp = ctx.profile.wifi, options(ctx.profile)
+    assert wifi is not None  # the step is there for a profile with [wifi]
+    if not ctx.psk:
+        raise StepFailed(f"No Wi-Fi passphrase for '{wifi.ssid}' was read for this batch; set it where [wifi] says")
+    with ctx.session.app_port() as port:
+        client = ImprovClient(port)
+        try:
+            client.wait_ready(esp.improv_wait)
+            device = client.device_info()
+            urls = client.send_wifi(wifi.ssid, ctx.psk)
+        except ImprovError as exc:
+            raise StepFailed(str(exc)) from exc
+    firmware = f"; firmware {' '.join(device[:2])}" if device else ""
+    where = f"; it reports {', '.join(urls)}" if urls else "; it reports no URL"
+    return f"joined '{wifi.ssid}' by Improv{where}{firmware}"
+
+
 def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
     """Everything written as data, built in memory while the firmware flashes: the NVS partition (Wi-Fi
     credentials and the profile's namespaces) and, with the key made on the host, the identity partition."""
@@ -142,13 +166,13 @@ def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
 
     profile, esp = ctx.profile, options(ctx.profile)
     images = []
-    if profile.wifi or esp.nvs:
+    if esp.wifi_in_nvs(profile.wifi) or esp.nvs:
         part = _partition(ctx, esp.wifi_partition)
-        if profile.wifi is not None:
+        if esp.wifi_in_nvs(profile.wifi):
             image = build_wifi_nvs(profile.wifi.ssid, ctx.psk or "", part.size, extra=esp.nvs_values())
         else:
             image = build_nvs_image(esp.nvs_values(), part.size)
-        images.append(FlashImage(part.name, part.offset, image, secret=profile.wifi is not None))
+        images.append(FlashImage(part.name, part.offset, image, secret=esp.wifi_in_nvs(profile.wifi)))
     plan = ctx.identity
     if plan is not None and plan.spec.certificate.key_origin == "host":
         assert ctx.ca is not None and ctx.ledger is not None
