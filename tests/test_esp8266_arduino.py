@@ -31,6 +31,7 @@ from tests.test_spiffs import scan_pages
 SPIFFS_PROFILE = shipped_profiles_dir() / "esp8266-spiffs-node.toml"
 FS_START, FS_END = 0x300000, 0x3FA000  # eagle.flash.4m1m.ld: _FS_start/_FS_end - 0x40200000
 CA = StationCA.ephemeral()
+PSK = "nodes in the loft 7"  # the shipped profile's network "nodes-2g", in range of every emulated board here
 
 
 @pytest.fixture
@@ -38,6 +39,8 @@ def bench(tmp_path):
     servers = []
 
     def plug(boards):
+        for board in boards:
+            board.access_points = {"nodes-2g": PSK}
         servers.append(EspSimServer(boards, registry_dir=tmp_path / "registry").start())
         return servers[-1]
 
@@ -48,7 +51,7 @@ def bench(tmp_path):
 
 def run_batch(profile, registry: Path, journal: Journal):
     engine = Engine(profile, Discovery([SimPortSource(registry)]), journal, operator="tester",
-                    station_id="station-t", lot="LOT-1", ca=CA)
+                    station_id="station-t", lot="LOT-1", ca=CA, psk=PSK)
     try:
         return asyncio.run(engine.run_batch())
     finally:
@@ -83,6 +86,7 @@ def test_esp8266_boards_get_their_identity_files_in_spiffs(bench, tmp_path):
                                                          serialization.NoEncryption())  # SEC1, as BearSSL reads
         assert files["/broker.fp"] == b"9B:0E:6F:21:37:5A:C4:D8:01:2E:73:AA:5C:90:B1:64:E2:7D:38:F5"
         assert record["store"] == "spiffs"
+        assert board.wifi == ("nodes-2g", PSK)  # the sketch joined the profile's network, told by Improv
         assert board.flash.read(FS_END, 0x400000 - FS_END) == b"\xFF" * (0x400000 - FS_END)  # EEPROM, RF, Wi-Fi
         assert board.flash.read(len(app.data), FS_START - len(app.data)).count(b"\xFF") == FS_START - len(app.data)
     steps = {r["port"]: [s["detail"] for s in r["steps"] if s["name"] == "verify"] for r in records.values()}

@@ -38,9 +38,9 @@ def test_shipped_profiles_load():
     for path in PROFILES.glob("*.toml"):
         profile = load_profile(path)
         assert profile.firmware
-        # only ESP boards take Wi-Fi here (in NVS, so not Arduino ESP8266 firmware, which has a flash layout)
+        # only ESP boards take Wi-Fi here: in NVS, or by Improv where Arduino firmware (a flash layout) has no NVS
         arduino = "esp" in profile.families and profile.options["esp"].flash_layout is not None
-        assert (profile.wifi is not None) == ("esp" in profile.families and not arduino)
+        assert (profile.wifi is not None) == ("esp" in profile.families)
         for chip, fw in profile.firmware.items():
             if arduino:
                 assert [i.kind for i in fw.images] == ["app"]  # eboot and the sketch in one .bin at 0x0

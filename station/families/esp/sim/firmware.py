@@ -320,14 +320,14 @@ DEMO_PRODUCTS = {
 
 ARDUINO_PRODUCTS = {
     # directory: (project, version, app size, seed): one Arduino ESP8266 .bin for 0x0, no partition table
-    "mqtt-node-esp8266": ("mqtt-node", "1.0.0", 300 * 1024, 5),  # identity files in SPIFFS
+    "mqtt-node-esp8266": ("mqtt-node", "1.0.0", 300 * 1024, 5),  # identity files in SPIFFS, Wi-Fi by Improv
 }
 
 
 def demo_firmware_set() -> dict[str, list[tuple[int, str, bytes]]]:
     """directory -> [(flash offset, file name, bytes)] for the shipped demo profiles."""
     result = {directory: [(0x0, f"{project}.bin", make_app_image("ESP8266", project, version, size=size,
-                                                                    seed=seed, arduino=True))]
+                                                                    seed=seed, arduino=True, improv=True))]
               for directory, (project, version, size, seed) in ARDUINO_PRODUCTS.items()}
     for directory, (chip, project, version, size, seed, agent) in DEMO_PRODUCTS.items():
         app = make_app_image(chip, project, version, size=size, seed=seed, identity_agent=agent)
