@@ -60,35 +60,20 @@ def channel_of(profile_path: Path) -> str:
 
 
 def signing_key_of(profile):
-    """The RSA public key the profile's ESP8266 firmware checks updates with ([[firmware]] signing_key).
-
-    The loaded profile keeps only the key's fingerprint (its images were verified under it), so the key file the
-    profile names is read again and must still have that fingerprint."""
-    import tomllib
-
+    """The RSA public key the profile's ESP8266 firmware checks updates with ([[firmware]] signing_key)."""
     from station.families.esp.profile import FirmwareSet
-    from station.families.esp.signed_image import SignedImageError, key_fingerprint, load_public_key
-    from station.profiles import read_regular_file
+    from station.families.esp.signed_image import key_fingerprint
 
-    wanted = {fw.signing_key for fw in profile.firmware.values() if isinstance(fw, FirmwareSet) and fw.signing_key}
-    if not wanted:
+    keys = {key_fingerprint(fw.signing_key): fw.signing_key for fw in profile.firmware.values()
+            if isinstance(fw, FirmwareSet) and fw.signing_key is not None}
+    if not keys:
         raise OtaError(f"{profile.path}: no [[firmware]] names a signing_key, so nothing can say which releases its "
                        f"boards accept; add signing_key = \"public.key\" (the firmware's public key) to its ESP8266 "
                        f"[[firmware]] table.")
-    if len(wanted) > 1:
+    if len(keys) > 1:
         raise OtaError(f"{profile.path}: its [[firmware]] tables name different signing keys; a release is checked "
                        f"under one key, so publish per profile with one key.")
-    raw = tomllib.loads(read_regular_file(profile.path, 1024 * 1024).decode())
-    for table in raw.get("firmware", []):
-        if "signing_key" in table:
-            path = (profile.path.parent / table["signing_key"]).resolve()
-            try:
-                key = load_public_key(read_regular_file(path, 64 * 1024), f"signing key {path}")
-            except (OSError, SignedImageError) as exc:
-                raise OtaError(f"signing key {path} can't be used ({exc}); restore the profile's public key") from None
-            if key_fingerprint(key) in wanted:
-                return key
-    raise OtaError(f"{profile.path}: the signing key file changed since the profile was loaded; run again")
+    return next(iter(keys.values()))
 
 
 def publish(root: Path, channel: str, data: bytes, public_key, version: str, file_name: str) -> Release:

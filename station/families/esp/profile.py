@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from station.families.esp.arduino_layout import FlashLayout, flash_layout
 from station.families.esp.payloads import IdentityFileNames
 from station.profiles import IdentitySpec, PinnedFile, Table, kind_name, read_pinned, read_regular_file
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 IMAGE_KINDS = ("bootloader", "partition-table", "app", "data")
 ESP_CHIPS = ("ESP32", "ESP32-C3", "ESP8266")
@@ -52,7 +55,7 @@ class FirmwareSet:
     chip: str
     images: tuple[ImageSpec, ...]
     partition_table: ImageSpec | None  # the image of kind "partition-table", if any
-    signing_key: str = ""  # fingerprint of the key the app images' signatures must verify under, if named
+    signing_key: RSAPublicKey | None = None  # the key the app images' signatures verify under, if named
 
 
 @dataclass(frozen=True)
@@ -98,18 +101,18 @@ def load_firmware(fw: Table, base: Path, chip: str) -> FirmwareSet:
     tables = [i for i in images if i.kind == "partition-table"]
     if len(tables) > 1:
         fw.fail("more than one partition-table image; keep one.", "images")
-    signing_key = ""
+    signing_key = None
     if "signing_key" in fw.raw:
         images, signing_key = _check_signatures(fw, base, images)
     return FirmwareSet(chip=chip, images=images, partition_table=tables[0] if tables else None,
                        signing_key=signing_key)
 
 
-def _check_signatures(fw: Table, base: Path, images: tuple[ImageSpec, ...]) -> tuple[tuple[ImageSpec, ...], str]:
+def _check_signatures(fw: Table, base: Path,
+                      images: tuple[ImageSpec, ...]) -> tuple[tuple[ImageSpec, ...], RSAPublicKey]:
     """Every app image must carry a signature the firmware's signed-update check accepts (Arduino ESP8266,
     signed_image.py), so nothing the board would later refuse to update from is ever flashed."""
-    from station.families.esp.signed_image import SignedImageError, key_fingerprint, load_public_key, \
-        verify_signed_image
+    from station.families.esp.signed_image import SignedImageError, load_public_key, verify_signed_image
 
     rel = fw.get("signing_key", str, hint="the public key file the firmware's signed updates check, e.g. "
                                           "\"public.key\" beside the sketch")
@@ -132,7 +135,7 @@ def _check_signatures(fw: Table, base: Path, images: tuple[ImageSpec, ...]) -> t
                 signed[n] = replace(image, signer=verify_signed_image(image.data, key))
             except SignedImageError as exc:
                 fw.fail(f"{image.name}: {exc}", f"images[{n}].file")
-    return tuple(signed), key_fingerprint(key)
+    return tuple(signed), key
 
 
 def load_options(top: Table, firmware: dict[str, FirmwareSet], generic: dict[str, Any]) -> EspOptions:
