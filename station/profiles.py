@@ -114,9 +114,20 @@ class Profile:
         if self.cloud:
             lines.append(f"Cloud: registered with {self.cloud.registrar}" + (f" at {self.cloud.url}" if self.cloud.url
                                                                               else ""))
+            lines += [f"  except {chips}: {note}" for chips, note in self._unregistered()]
         else:
             lines.append("Cloud: none")
         return lines
+
+
+    def _unregistered(self) -> list[tuple[str, str]]:
+        """(chips, why) for boards whose family can't register with the profile's [cloud]."""
+        from station.families import FAMILIES
+
+        return [("/".join(c for c in self.chips if c in FAMILIES[name].chips),
+                 f"their {FAMILIES[name].title} keys have no place on {self.cloud.registrar}")
+                for name, options in self.options.items()
+                if FAMILIES[name].registers_device_keys and not options.registered]
 
 
 class Table:

@@ -136,11 +136,15 @@ def test_a_bad_particle_table_is_refused_naming_the_key(tmp_path, table, says):
     assert says in str(err.value)
 
 
-def test_particle_boards_register_with_spark_server_only(tmp_path):
-    cloud = '[cloud]\nregistrar = "mosquitto"\n'
-    with pytest.raises(ProfileError, match="registrar = \"spark-server\""):
-        load_profile(particle_profile(tmp_path, f'[particle]\n{KEY}\nserver_address = "10.0.0.2"\n', cloud))
+def test_particle_keys_register_with_spark_server_and_not_with_the_broker(tmp_path):
+    particle = f'[particle]\n{KEY}\nserver_address = "10.0.0.2"\n'
     spark = ('[cloud]\nregistrar = "spark-server"\nurl = "http://127.0.0.1:8080"\nusername = "a@b.c"\n'
              'client_secret = "env:SPARK_SECRET"\npassword = "env:SPARK_PASSWORD"\n')
-    profile = load_profile(particle_profile(tmp_path, f'[particle]\n{KEY}\nserver_address = "10.0.0.2"\n', spark))
+    profile = load_profile(particle_profile(tmp_path, particle, spark))
     assert profile.cloud.registrar == "spark-server" and profile.identity is None
+    assert profile.options["particle"].registered
+    # Mosquitto admits devices by certificate: the boards are provisioned, and the plan says they are not registered
+    broker = '[cloud]\nregistrar = "mosquitto"\n'
+    profile = load_profile(particle_profile(tmp_path, particle, broker))
+    assert not profile.options["particle"].registered
+    assert "  except Photon: their Particle (Spark Core, Photon) keys have no place on mosquitto" in profile.plan()

@@ -9,8 +9,9 @@ board the local cloud's:
     server_address = "192.168.1.10"   # IPv4 or host name the board connects to
     device_key = "new"                # "new": made on the station in memory; "keep": the board's own, checked
 
-A profile with these boards and a [cloud] registers each device key with spark-server; any other registrar has
-no place for a Particle device key and is refused here.
+With a [cloud] each board's device ID and public key are registered there (spark-server's provisioning API;
+an HTTPS registrar gets the same record). The local Mosquitto broker admits devices by certificate only, so with
+registrar = "mosquitto" these boards are provisioned but not registered, and the profile's plan says so.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from station.families.particle.platforms import PLATFORMS
 from station.profiles import PinnedFile, Table, WifiSpec, read_pinned
 
 DEVICE_KEY_CHOICES = ("new", "keep")
+CERTIFICATE_ONLY = ("mosquitto",)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ParticleOptions:
     server_address: str
     device_key: str  # "new" | "keep"
     wifi: WifiSpec | None
+    registered: bool  # the profile's [cloud] takes a device's public key (spark-server, https)
 
 
 def load_firmware(fw: Table, base: Path, chip: str) -> ParticleFirmwareSet:
@@ -78,8 +81,7 @@ def load_options(top: Table, firmware: dict[str, ParticleFirmwareSet], generic: 
         table.fail(f"device_key is \"new\" (made on the station) or \"keep\" (the board's own), not "
                    f"{device_key!r}.", "device_key")
     cloud = generic.get("cloud")
-    if cloud is not None and cloud.registrar != "spark-server":
-        top.fail(f"[cloud] registrar \"{cloud.registrar}\" has no place for {chips} device keys; use "
-                 f"registrar = \"spark-server\" (the local cloud these boards connect to).")
+    # the local broker admits a device by its certificate: a Particle device key has no place there
+    registered = cloud is not None and cloud.registrar not in CERTIFICATE_ONLY
     return ParticleOptions(server_key=server_key, server_key_file=file.name, server_address=address,
-                           device_key=device_key, wifi=generic["wifi"])
+                           device_key=device_key, wifi=generic["wifi"], registered=registered)

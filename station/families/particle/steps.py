@@ -128,8 +128,11 @@ def check(ctx: DeviceContext) -> str:
         kept = "replaced by a key made on the station"
     _record(ctx)
     total = sum(len(p.data) for p in _writes(ctx))
+    cloud = ctx.profile.cloud
+    unregistered = (f"; its key is not registered: [cloud] {cloud.registrar} admits devices by certificate"
+                    if cloud is not None and not options.registered else "")
     return (f"{len(_writes(ctx))} ranges ({total} bytes) fit the board's memory; old device key "
-            f"{_short(board.previous_key)} {kept}")
+            f"{_short(board.previous_key)} {kept}{unregistered}")
 
 
 def flash(ctx: DeviceContext) -> str:
@@ -245,7 +248,7 @@ def _record(ctx: DeviceContext) -> None:
                       "device_key_source": "board" if options.device_key == "keep" else "station",
                       "previous_key_fingerprint": board.previous_key, "server_key_sha256": options.server_key.sha256,
                       "server_address": options.server_address}
-    if board.device_id:
+    if board.device_id and options.registered:
         ctx.registration = DeviceRegistration(board.device_id, public_key_pem=key.public_pem,
                                               facts={"chip": board.platform.chip,
                                                      "platform_id": board.platform.platform_id,
