@@ -244,7 +244,8 @@ def _record(ctx: DeviceContext) -> None:
     board: ParticleBoard = ctx.session.board
     options = _options(ctx)
     key = board.device_key
-    ctx.key_record = {"particle_device_id": board.device_id, "device_key_fingerprint": key.fingerprint,
+    ctx.key_record = {"particle_device_id": board.device_id, "device_public_key": key.public_pem,
+                      "device_key_fingerprint": key.fingerprint,
                       "device_key_source": "board" if options.device_key == "keep" else "station",
                       "previous_key_fingerprint": board.previous_key, "server_key_sha256": options.server_key.sha256,
                       "server_address": options.server_address}
