@@ -55,7 +55,8 @@ def _void_device_key(journal: Journal, device_id: str, identity: dict) -> str:
     with journal.transaction() as db:
         write_identity(db, device_id, {**identity, "void": True})
         queued = outbox_store.registrars_of(db, device_id)
-        record = DeviceRegistration(name, public_key_pem=identity["device_public_key"])
+        record = DeviceRegistration(device_id, cloud_id=identity.get("particle_device_id") or "",
+                                    public_key_pem=identity["device_public_key"])
         for registrar in queued:
             outbox_store.add_row(db, device_id, registrar, record, action=outbox_store.VOID)
     return f"device key of {name} voided" + "".join(f"; removal from {r} queued" for r in queued)

@@ -250,10 +250,10 @@ def _record(ctx: DeviceContext) -> None:
                       "previous_key_fingerprint": board.previous_key, "server_key_sha256": options.server_key.sha256,
                       "server_address": options.server_address}
     if board.device_id and options.registered:
-        ctx.registration = DeviceRegistration(board.device_id, public_key_pem=key.public_pem,
-                                              facts={"chip": board.platform.chip,
-                                                     "platform_id": board.platform.platform_id,
-                                                     "device_key_fingerprint": key.fingerprint})
+        ctx.registration = DeviceRegistration(
+            ctx.device_id, cloud_id=board.device_id, public_key_pem=key.public_pem,
+            facts={"chip": board.platform.chip, "platform_id": board.platform.platform_id,
+                   "device_key_fingerprint": key.fingerprint})
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
