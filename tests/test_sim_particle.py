@@ -235,3 +235,194 @@ def test_legacy_core_wifi_dialog(serve):
         assert ask(port, b"0", b"\r\n\r\n").startswith(b"0\r\nThanks! Wait about 7 seconds while I save")
         assert port.read_until(b"Spark <3 you!\r\n\r\n").endswith(b"    Spark <3 you!\r\n\r\n")
     assert board.wifi[0].security == 0 and not board.listening
+
+
+# --- DFU mode: what is flashed is what boots ----
+
+
+def dfu_host(server: ParticleSimServer, index: int = 0) -> DfuHost:
+    return DfuHost(open_device(entry(server, index)["url"]))
+
+
+def test_pyfu_usb_flashes_the_dfu_personality_and_the_board_boots_it(serve, tmp_path, monkeypatch):
+    import pyfu_usb
+
+    board = ParticleBoard("core")
+    server = serve(board)
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    backend = RemoteUsbBackend(entry(server)["url"])
+    monkeypatch.setattr(usb.core, "find", functools.partial(usb.core.find, backend=backend))
+    image = fw.core_app((0, 3, 3), name="the 2014 firmware")
+    (tmp_path / "core.bin").write_bytes(image)
+    pyfu_usb.download(str(tmp_path / "core.bin"), address=fw.CORE_APP_ADDRESS)  # ends with the leave request
+    backend.close()
+    assert server.wait_mode("sim-3.1", "run")
+    assert board.read_memory(0, fw.CORE_APP_ADDRESS, len(image)) == image
+    assert board.running.version == (0, 3, 3)
+    with console(server) as port:  # now it is a 2014 Core: old console, no magic baud
+        assert ask(port, b"i").startswith(b"Your core id is ")
+    switch(server, 0, 14400)
+    assert board.mode == "run"
+
+
+def test_firmware_for_the_other_platform_or_cut_short_is_not_booted(serve):
+    photon, blank = ParticleBoard("photon"), ParticleBoard("core", 1, blank=True)
+    server = serve(photon, blank)
+    assert blank.mode == "dfu" and entry(server, 1)["pid"] == 0x607F  # nothing to run: the bootloader stays
+    with dfu_host(server, 1) as host:
+        host.select(0)
+        host.write(fw.CORE_APP_ADDRESS, fw.core_app((1, 4, 4))[:-1024])  # the last KB (and the CRC) missing
+        host.leave()
+    assert server.wait_mode("sim-3.2", "dfu") and blank.dfu.attachment is not None  # back, in DFU again
+    with dfu_host(server, 1) as host:
+        host.select(0)
+        host.write(fw.CORE_APP_ADDRESS, fw.core_app((1, 4, 4)))
+        host.leave()
+    assert server.wait_mode("sim-3.2", "run")
+
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    with dfu_host(server, 0) as host:
+        host.select(0)
+        host.write(fw.PHOTON_SYSTEM_PARTS[0], fw.core_app((1, 4, 4), size=16 * 1024))  # a Core image
+        host.leave()
+    assert server.wait_mode("sim-3.1", "dfu")
+
+
+def test_photon_runs_the_device_os_of_its_system_parts(serve):
+    board = ParticleBoard("photon", visible=LAB)
+    server = serve(board)
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    with dfu_host(server) as host:
+        host.select(0)
+        for index, address in enumerate(fw.PHOTON_SYSTEM_PARTS, start=1):
+            host.write(address, fw.photon_system_part(index, (0, 6, 3)))
+        host.leave()
+    assert server.wait_mode("sim-3.1", "run")
+    with console(server) as port:
+        assert ask(port, b"v", b"\n\r\n") == b"system firmware version: 0.6.3\n\r\n"
+        assert ask(port, b"i") == f"Your device id is {board.device_id.upper()}\r\n".encode()
+        ask(port, b"w", b"SSID: ")
+        ask(port, b"lab-net\n", b"Password: ")
+        ask(port, b"pw\n", b"<3 you!\r\n\r\n")
+    assert board.led == "breathing magenta"  # the factory user part was built for 2.3.1: safe mode
+
+
+def write_keys(server: ParticleSimServer, device_key_slot: bytes, server_area: bytes | None = None) -> None:
+    """The Core's key slots as the 2014 guide writes them: server key at 0x1000, device key at 0x2000 (alt 1)."""
+    with dfu_host(server) as host:
+        host.select(1)
+        if server_area is not None:
+            host.write(0x1000, server_area)
+        host.write(0x2000, device_key_slot)
+        host.leave()
+
+
+def join_lab(server: ParticleSimServer) -> None:
+    with console(server) as port:
+        ask(port, b"w", b"SSID: ")
+        ask(port, b"lab-net\n", b"WPA2: ")
+        ask(port, b"3", b"TKIP: ")
+        ask(port, b"1", b"Password: ")
+        ask(port, b"pw\n", b"<3 you!\r\n\r\n")
+
+
+def test_key_slots_decide_how_the_board_answers(serve):
+    board = ParticleBoard("core", visible=LAB)
+    server = serve(board)
+    assert board.cloud.ok and board.cloud.host == "device.spark.io" and board.cloud.port == 5683
+    join_lab(server)
+    assert board.led == "breathing cyan"
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    write_keys(server, pkcs8)  # what OpenSSL 3's genrsa gives without -traditional
+    assert server.wait_mode("sim-3.1", "run")
+    assert board.cloud.device_public_der is None and "PKCS#1" in board.cloud.problem
+    assert board.led == "flashing cyan with orange blips"
+
+    cloud_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    area = bytearray(b"\xFF" * 1024)
+    area[:294] = public_der(cloud_key)
+    area[384:390] = bytes([0, 4, 10, 0, 0, 5])
+    area[450:452] = (5683).to_bytes(2, "big")
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    write_keys(server, key_pkcs1(key), bytes(area))
+    assert server.wait_mode("sim-3.1", "run")
+    assert board.cloud.ok and board.cloud.device_public_der == public_der(key)
+    assert board.cloud.server_public_der == public_der(cloud_key) and board.cloud.host == "10.0.0.5"
+    assert board.led == "breathing cyan"
+
+    area[:294] = b"\x00" * 294  # a server key slot written wrong
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    write_keys(server, key_pkcs1(key), bytes(area))
+    assert server.wait_mode("sim-3.1", "run") and board.led == "flashing cyan with red blips"
+
+
+def test_photon_keys_live_in_the_dct(serve):
+    board = ParticleBoard("photon", visible=LAB)
+    server = serve(board)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    with dfu_host(server) as host:
+        host.select(1)
+        host.write(34, key_pkcs1(key))
+        host.write(2082 + 384, bytes([1, 9]) + b"cloud.lan" + b"\0")
+        host.leave()
+    assert server.wait_mode("sim-3.1", "run")
+    assert board.cloud.device_public_der == public_der(key) and board.cloud.host == "cloud.lan"
+
+
+# --- faults and the cable ----
+
+
+def test_vanish_mid_write_then_the_board_comes_back_in_dfu_mode(serve, tmp_path, monkeypatch):
+    import pyfu_usb
+
+    board = ParticleBoard("core", faults=ParticleFaults(unplug_after_bytes=8192))
+    server = serve(board)
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    backend = RemoteUsbBackend(entry(server)["url"])
+    monkeypatch.setattr(usb.core, "find", functools.partial(usb.core.find, backend=backend))
+    (tmp_path / "app.bin").write_bytes(fw.core_app((1, 4, 4)))
+    with pytest.raises(usb.core.USBError):
+        pyfu_usb.download(str(tmp_path / "app.bin"), address=fw.CORE_APP_ADDRESS)
+    backend.close()
+    assert server.wait_mode("sim-3.1", "off") and not server.registry_path(0).exists()
+    board.faults = ParticleFaults()
+    server.plug(0)
+    assert board.mode == "dfu" and entry(server)["pid"] == 0x607F  # half an image does not boot
+
+
+def test_vanish_on_switch_and_unplug(serve):
+    board = ParticleBoard("photon", faults=ParticleFaults(vanish_on_switch=True))
+    server = serve(board, ParticleBoard("photon", 1))
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "off") and not server.registry_path(0).exists()
+    assert board.led == "off"
+    port = console(server, 1)
+    server.unplug(1)
+    with pytest.raises(serial.SerialException):
+        port.read(1)
+    port.close()
+    assert not server.registry_path(1).exists()
+    server.plug(1)
+    assert entry(server, 1)["pid"] == 0xC006
+
+
+def test_faults_parse_from_cli_text():
+    faults = ParticleFaults().with_fault("unplug_after_bytes", "4096").with_fault("vanish_on_switch", None)
+    assert faults == ParticleFaults(unplug_after_bytes=4096, vanish_on_switch=True)
+    with pytest.raises(ValueError, match="choose one of"):
+        ParticleFaults().with_fault("explode", None)
+    with pytest.raises(ValueError, match="needs a number"):
+        ParticleFaults().with_fault("unplug_after_bytes", "lots")
