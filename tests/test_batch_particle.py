@@ -36,9 +36,9 @@ USER, PASSWORD = "station@example.com", "spark-test-password"
 CA = StationCA.ephemeral()
 
 
-def spark_profile(tmp_path: Path, url: str) -> Path:
+def spark_profile(tmp_path: Path, url: str, device_key: str = "new") -> Path:
     """demo-mixed with its [cloud] on spark-server at `url` (file paths made absolute)."""
-    text = (PROFILES / "demo-mixed.toml").read_text()
+    text = (PROFILES / "demo-mixed.toml").read_text().replace('device_key = "new"', f'device_key = "{device_key}"')
     text = re.sub(r'file = "([^"]+)"', lambda m: f'file = "{(PROFILES / m.group(1)).resolve()}"', text)
     cloud = text.index("[cloud]")
     text = text[:cloud] + (f'[cloud]\nregistrar = "spark-server"\nurl = "{url}"\nusername = "{USER}"\n'
@@ -122,7 +122,8 @@ def device_key_public_pem(board: ParticleBoard) -> str:
 
 
 def test_four_cores_and_four_photons_beside_esp_boards(hub, spark, tmp_path):
-    kinds = ["core", "photon"] * 3 + ["old-core", "photon"]
+    # a Photon whose bootloader 0200 does not report the device ID, and whose 0.6.3 firmware says it upper case
+    kinds = ["core", "photon", "core", "photon-0200", "core", "photon", "old-core", "photon"]
     esp, particle = hub(2, kinds)
     old_core = particle.locations[6]
     profile = load_profile(spark_profile(tmp_path, spark.url))
@@ -197,4 +198,40 @@ def test_cloud_down_during_the_batch_leaves_registrations_pending_then_each_is_d
             assert up.stored_key(board.device_id) == device_key_public_pem(board)
     assert {r.state for r in outbox.rows()} == {DELIVERED}
     outbox.close()
+    journal.close()
+
+
+def test_keep_registers_the_boards_own_key_and_leaves_its_slot_alone(hub, spark, tmp_path):
+    _, particle = hub(0, ["core", "photon"])
+    before = [b.read_memory(b.kind.keys.alt, b.kind.keys.device_key, b.kind.keys.device_key_size)
+              for b in particle.boards]
+    profile = load_profile(spark_profile(tmp_path, spark.url, device_key="keep"))
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    summary, pending = run_batch(profile, tmp_path / "registry", journal, registrar(spark.url))
+
+    assert summary.failed == {} and pending == 0
+    records = {r["port"]: r for r in device_records(journal, summary.batch_id)}
+    for location, board, slot in zip(particle.locations, particle.boards, before):
+        keys = board.kind.keys
+        assert board.read_memory(keys.alt, keys.device_key, keys.device_key_size) == slot
+        assert spark.stored_key(board.device_id) == device_key_public_pem(board)
+        identity = records[location]["identity"]
+        assert identity["device_key_source"] == "board"
+        assert identity["previous_key_fingerprint"] == identity["device_key_fingerprint"]
+        assert board.cloud.ok
+    journal.close()
+
+
+def test_a_board_that_vanishes_on_the_mode_switch_fails_in_plain_words(hub, spark, tmp_path):
+    _, particle = hub(0, ["photon", "core"], faults={0: ParticleFaults(vanish_on_switch=True)})
+    profile = load_profile(spark_profile(tmp_path, spark.url))
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    summary, _ = run_batch(profile, tmp_path / "registry", journal, registrar(spark.url))
+
+    gone = particle.locations[0]
+    assert summary.passed == [particle.locations[1]]
+    assert summary.failed[gone].startswith("Board vanished during dfu (The board left the bus after the "
+                                           "14400-baud switch")
     journal.close()

@@ -90,6 +90,9 @@ def enter_dfu(ctx: DeviceContext) -> str:
     except ConsoleError as exc:
         raise StepFailed(f"Can't switch the board to DFU mode: {exc}", retryable=True) from None
     back = ctx.await_port(lambda p: is_dfu((p.vid, p.pid)), SWITCH_WAIT_S)
+    if back is None and ctx.port_now() is None:
+        raise StepFailed(f"The board left the bus after the 14400-baud switch and did not come back within "
+                         f"{SWITCH_WAIT_S:g} s")
     if back is None:
         raise StepFailed("The board stayed in its firmware after the 14400-baud switch (firmware before 0.4.0 "
                          "has none)", operator_prompt=DFU_PROMPT, probe=_probe_port(ctx, is_dfu))
