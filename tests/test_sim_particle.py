@@ -426,3 +426,52 @@ def test_faults_parse_from_cli_text():
         ParticleFaults().with_fault("explode", None)
     with pytest.raises(ValueError, match="needs a number"):
         ParticleFaults().with_fault("unplug_after_bytes", "lots")
+
+
+# --- `station sim particle` ----
+
+
+def test_cli_boards_commands_and_dump(serve, tmp_path):
+    import click
+
+    from station.families.particle.sim.cli import build_boards, dump_memories, parse_network, run_command
+
+    visible = dict([parse_network("lab-net:wpa2")])
+    assert visible == LAB
+    with pytest.raises(click.BadParameter, match="SSID:SECURITY"):
+        parse_network("lab-net")
+    boards = build_boards("mixed", 3, False, visible, ("3:vanish_on_switch",))
+    assert [b.kind.name for b in boards] == ["core", "photon", "core"]
+    assert len({b.device_id for b in boards}) == 3 and boards[2].faults.vanish_on_switch
+    server = serve(*boards)
+    assert run_command(server, "dfu sim-3.1") == "ok sim-3.1 mode=dfu led=blinking-yellow"
+    assert run_command(server, "reset sim-3.1") == "ok sim-3.1 mode=run led=blinking-blue"
+    assert run_command(server, "unplug sim-3.2") == "ok sim-3.2 mode=off led=off"
+    assert run_command(server, "plug sim-3.2") == "ok sim-3.2 mode=run led=blinking-blue"
+    assert run_command(server, "mode sim-3.2 3") == "ok sim-3.2 mode=run led=blinking-blue"
+    assert run_command(server, "led sim-3.9").startswith("error: sim-3.9 is not a port")
+    assert run_command(server, "mode sim-3.2 long") == "error: 'long' is not a number of seconds"
+    assert run_command(server, "jump").startswith("error: 'jump': expected")
+    dump_memories(server, tmp_path / "dump")
+    alt0 = (tmp_path / "dump" / "sim-3.1.alt0.bin").read_bytes()
+    assert alt0[0x5000:0x5000 + 0x40] == boards[0].read_memory(0, fw.CORE_APP_ADDRESS, 0x40)
+    assert sorted(p.name for p in (tmp_path / "dump").iterdir())[:2] == ["sim-3.1.alt0.bin", "sim-3.1.alt1.bin"]
+
+
+def test_station_sim_particle_serves_until_terminated(tmp_path):
+    """The command as another process runs it: ready lines, registry files, a button over stdin."""
+    proc = subprocess.Popen([sys.executable, "-c", "from station.families.particle.sim.cli import particle; "
+                             "particle()", "--kind", "old-core", "--registry", str(tmp_path / "reg")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stdout.readline().split()
+        assert ready[:3] == ["ready", "sim-3.1", "old-core"] and ready[3].startswith("particlesim://")
+        assert json.loads((tmp_path / "reg" / "sim-3.1.json").read_text())["pid"] == 0x607D
+        proc.stdin.write("dfu sim-3.1\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "ok sim-3.1 mode=dfu led=blinking-yellow\n"
+        assert json.loads((tmp_path / "reg" / "sim-3.1.json").read_text())["pid"] == 0x607F
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    assert not (tmp_path / "reg" / "sim-3.1.json").exists()
