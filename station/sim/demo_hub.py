@@ -28,6 +28,8 @@ def usb_fleet(count: int, throttle: bool = False) -> tuple[list[DfuDevice], list
     stm32 = [make_device(kind, i, throttle=throttle) for i, kind in enumerate(k for k in kinds if k == "stm32")]
     particle = [ParticleBoard(kind, i, visible={DEMO_SSID: (3, 1)})
                 for i, kind in enumerate(k for k in kinds if k != "stm32")]
+    for board in particle:
+        board.dfu.throttle = throttle  # its bootloader erases and programs as long as the part takes
     return stm32, particle
 
 
