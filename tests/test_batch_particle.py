@@ -4,6 +4,7 @@ spark-server stored for its device ID; Wi-Fi was answered; an old Core that has 
 person and carries on when it comes back in DFU mode; a board that vanishes mid-write fails in plain words; the
 cloud down during the batch leaves registrations pending and delivers each exactly once later."""
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from station.manifest import device_records
 from station.profile_library import shipped_profiles_dir
 from station.profiles import load_profile
 from station.secrets import SecretSpec
+from station.voiding import void_device
 
 PROFILES = shipped_profiles_dir()
 PSK = "correct horse battery"
@@ -156,6 +158,7 @@ def test_four_cores_and_four_photons_beside_esp_boards(hub, spark, tmp_path):
         identity = records[location]["identity"]
         assert identity["particle_device_id"] == board.device_id
         assert identity["device_public_key"] == public and "PRIVATE" not in str(records[location])
+    assert PSK not in json.dumps(list(device_records(journal)))  # the passphrase the boards echoed is nowhere
     journal.close()
 
 
@@ -220,6 +223,17 @@ def test_keep_registers_the_boards_own_key_and_leaves_its_slot_alone(hub, spark,
         assert identity["device_key_source"] == "board"
         assert identity["previous_key_fingerprint"] == identity["device_key_fingerprint"]
         assert board.cloud.ok
+
+    # voiding one: its record says void, and spark-server, which has no API to remove a key, says what to do
+    device_id = records[particle.locations[0]]["device_id"]
+    assert "removal from spark-server queued" in void_device(journal, device_id, "returned")
+    outbox = Outbox(journal.path)
+    outbox.deliver_due([registrar(spark.url)])
+    void = [r for r in outbox.rows(device_id=device_id) if r.action == "void"]
+    assert [r.state for r in void] == ["failed"]
+    assert f"delete core_keys/{particle.boards[0].device_id}.pub.pem" in void[0].last_error
+    assert next(d for d in journal.devices() if d.id == device_id).identity["void"] is True
+    outbox.close()
     journal.close()
 
 

@@ -135,7 +135,7 @@ def check(ctx: DeviceContext) -> str:
     unregistered = (f"; its key is not registered: [cloud] {cloud.registrar} admits devices by certificate"
                     if cloud is not None and not options.registered else "")
     return (f"{len(_writes(ctx))} ranges ({total} bytes) fit the board's memory; old device key "
-            f"{_short(board.previous_key)} {kept}{unregistered}")
+            f"{board.previous_key} {kept}{unregistered}")
 
 
 def flash(ctx: DeviceContext) -> str:
@@ -337,7 +337,3 @@ def _probe_listening(ctx: DeviceContext) -> Callable[[], bool]:
         except StepFailed:
             return False  # the serial is busy or re-enumerating: ask again next time
     return probe
-
-
-def _short(fingerprint: str) -> str:
-    return fingerprint[:16] + "…" if len(fingerprint) == 64 else fingerprint
