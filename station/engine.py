@@ -31,6 +31,11 @@ from station.voiding import identity_of, void_in_transaction
 Listener = Callable[[ev.Event], None]
 
 
+def _enumeration(port: PortInfo) -> tuple:
+    """What changes when the device at a USB location re-enumerates as another one."""
+    return port.url, port.vid, port.pid
+
+
 @dataclass
 class BatchSummary:
     batch_id: str
@@ -102,8 +107,11 @@ class Engine:
         """Look at the ports once; publish what appeared and what went. Returns (appeared, gone)."""
         self._bind_loop()
         now = await self._loop.run_in_executor(self.pool, self.discovery.scan)
-        appeared = [p for k, p in now.items() if k not in self.present]
-        gone = [k for k in self.present if k not in now]
+        # a board that re-enumerated between two scans (a mode switch: another USB device at the same location)
+        # left and came back, as a slower one is seen to
+        moved = [k for k, p in now.items() if k in self.present and _enumeration(p) != _enumeration(self.present[k])]
+        appeared = [p for k, p in now.items() if k not in self.present] + [now[k] for k in moved]
+        gone = [k for k in self.present if k not in now] + moved
         self.present = now
         for key in gone:
             self._departures[key] = self._departures.get(key, 0) + 1
