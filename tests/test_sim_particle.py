@@ -475,3 +475,12 @@ def test_station_sim_particle_serves_until_terminated(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     assert not (tmp_path / "reg" / "sim-3.1.json").exists()
+
+
+def test_the_console_on_a_pty(serve):
+    board = ParticleBoard("photon")
+    server = serve(board)
+    path = server.open_pty(0)
+    for _ in range(2):  # a program may open and close it again
+        with serial.Serial(path, 9600, timeout=2) as port:
+            assert ask(port, b"i") == f"Your device id is {board.device_id}\r\n".encode()
