@@ -84,13 +84,16 @@ def test_run_time_serial_is_published_and_identifies_at_9600(serve):
     for i, board in enumerate(server.boards):
         assert entry(server, i)["serial"] == board.device_id.upper()
         assert board.led == "blinking blue"  # no Wi-Fi credentials: the firmware starts in listening mode
+    assert not server.boards[0].host_open
     with console(server, 0) as port:
+        assert server.boards[0].host_open  # the board sees a host holding its serial (DTR)
         assert ask(port, b"i") == f"Your device id is {server.boards[0].device_id}\r\n".encode()
         assert ask(port, b"v", b"\n\r\n") == b"system firmware version: 2.3.1\n\r\n"
         mac = ask(port, b"m").decode() + port.read_until(b"\r\n").decode()
         assert mac == f"Your device MAC address is\r\n{server.boards[0].mac}\r\n"
         modules = json.loads(ask(port, b"s"))
         assert modules["p"] == 6 and [m["f"] for m in modules["m"]] == ["s", "s", "u"]
+    assert not server.boards[0].host_open  # closing the port is seen
     with console(server, 2) as port:
         assert ask(port, b"i") == f"Your core id is {server.boards[2].device_id}\r\n".encode()
         port.write(b"vsm")  # the 2014 firmware knows only i and w

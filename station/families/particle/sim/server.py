@@ -246,12 +246,13 @@ class ParticleSimServer:
             else:
                 answer, entry = PREAMBLE, _Opened(index, conn, self.boards[index].run_enumeration)
                 self._opened[index] = entry
-        conn.sendall(answer)
         if entry is None:
+            conn.sendall(answer)
             return None
         conn.settimeout(None)
-        self.boards[index].host_opened(entry.enumeration)
-        self._line_coding(index, entry.enumeration, rate)
+        self.boards[index].host_opened(entry.enumeration)  # DTR: seen before open() returns on the host
+        conn.sendall(answer)
+        self._line_coding(index, entry.enumeration, rate)  # after: 14400 takes the board away under the host
         return entry
 
     def _talk(self, conn: socket.socket, opened: _Opened) -> None:
