@@ -319,7 +319,9 @@ def write_keys(server: ParticleSimServer, device_key_slot: bytes, server_area: b
         host.select(1)
         if server_area is not None:
             host.write(0x1000, server_area)
+            assert host.read(0x1000, len(server_area)) == server_area
         host.write(0x2000, device_key_slot)
+        assert host.read(0x2000, len(device_key_slot)) == device_key_slot  # read back over USB before leaving
         host.leave()
 
 
