@@ -84,13 +84,16 @@ def test_run_time_serial_is_published_and_identifies_at_9600(serve):
     for i, board in enumerate(server.boards):
         assert entry(server, i)["serial"] == board.device_id.upper()
         assert board.led == "blinking blue"  # no Wi-Fi credentials: the firmware starts in listening mode
+    assert not server.boards[0].host_open
     with console(server, 0) as port:
+        assert server.boards[0].host_open  # the board sees a host holding its serial (DTR)
         assert ask(port, b"i") == f"Your device id is {server.boards[0].device_id}\r\n".encode()
         assert ask(port, b"v", b"\n\r\n") == b"system firmware version: 2.3.1\n\r\n"
         mac = ask(port, b"m").decode() + port.read_until(b"\r\n").decode()
         assert mac == f"Your device MAC address is\r\n{server.boards[0].mac}\r\n"
         modules = json.loads(ask(port, b"s"))
         assert modules["p"] == 6 and [m["f"] for m in modules["m"]] == ["s", "s", "u"]
+    assert not server.boards[0].host_open  # closing the port is seen
     with console(server, 2) as port:
         assert ask(port, b"i") == f"Your core id is {server.boards[2].device_id}\r\n".encode()
         port.write(b"vsm")  # the 2014 firmware knows only i and w
@@ -316,7 +319,9 @@ def write_keys(server: ParticleSimServer, device_key_slot: bytes, server_area: b
         host.select(1)
         if server_area is not None:
             host.write(0x1000, server_area)
+            assert host.read(0x1000, len(server_area)) == server_area
         host.write(0x2000, device_key_slot)
+        assert host.read(0x2000, len(device_key_slot)) == device_key_slot  # read back over USB before leaving
         host.leave()
 
 
@@ -475,3 +480,12 @@ def test_station_sim_particle_serves_until_terminated(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     assert not (tmp_path / "reg" / "sim-3.1.json").exists()
+
+
+def test_the_console_on_a_pty(serve):
+    board = ParticleBoard("photon")
+    server = serve(board)
+    path = server.open_pty(0)
+    for _ in range(2):  # a program may open and close it again
+        with serial.Serial(path, 9600, timeout=2) as port:
+            assert ask(port, b"i") == f"Your device id is {board.device_id}\r\n".encode()

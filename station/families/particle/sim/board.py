@@ -181,7 +181,7 @@ class ParticleBoard:
             return "breathing magenta" if self.running.safe_mode else "breathing cyan"
 
     def wait_until(self, predicate: Callable[["ParticleBoard"], bool], timeout: float) -> bool:
-        """Block until `predicate(board)` holds after some change (True) or `timeout` passes (False)."""
+        """Block until `predicate(board)` holds (True; at once if it already does) or `timeout` passes (False)."""
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self), timeout)
 

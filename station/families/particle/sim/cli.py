@@ -108,11 +108,13 @@ def answer_stdin(server: ParticleSimServer) -> None:
 @click.option("--network", "networks", multiple=True, metavar="SSID:SECURITY",
               help=f"A Wi-Fi network in range ({', '.join(SECURITY)}); a Photon's scan finds it.")
 @click.option("--blank", is_flag=True, help="Boards without firmware or keys: they start in DFU mode.")
+@click.option("--pty", "use_pty", is_flag=True,
+              help="Also offer each board's console on a pty (bytes only, no baud switches), for particle-cli.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port of the USB serials (0: any); the DFU side takes any free port.")
 @click.option("-v", "--verbose", is_flag=True, help="Log server events to stderr.")
-def particle(kind, count, registry, dump, fault_specs, networks, blank, host, port, verbose) -> None:
+def particle(kind, count, registry, dump, fault_specs, networks, blank, use_pty, host, port, verbose) -> None:
     """Serve COUNT emulated Spark Cores / Photons: particlesim:// USB serials and usbsim:// DFU bootloaders.
 
     Each board keeps its location (sim-3.N) and swaps its registry entry when it re-enumerates. Lines on stdin
@@ -129,10 +131,11 @@ def particle(kind, count, registry, dump, fault_specs, networks, blank, host, po
     except OSError as e:
         raise click.ClickException(f"cannot serve on {host}:{port}: {e.strerror}; pick another --port") from None
     try:
+        ptys = [f" pty={server.open_pty(i)}" if use_pty else "" for i in range(len(boards))]
         threading.Thread(target=answer_stdin, args=(server,), name="particle-sim-stdin", daemon=True).start()
         serve_until_stopped([f"ready {location} {board.kind.name} {server.registry_entry(i)['url']} mode={board.mode} "
-                             f"device_id={board.device_id}"
-                             for i, (location, board) in enumerate(zip(server.locations, server.boards))])
+                             f"device_id={board.device_id}{pty}"
+                             for i, (location, board, pty) in enumerate(zip(server.locations, server.boards, ptys))])
     finally:
         server.stop()
         if dump is not None:

@@ -22,6 +22,7 @@ from station.families.dfu.sim.wire import FrameError, recv_exact
 from station.families.esp.sim.protocol_espsim import KIND_DATA, KIND_SYNC, FrameDecoder, encode_data, encode_frame
 from station.families.particle.sim.board import ParticleBoard
 from station.families.particle.sim.protocol_particlesim import BAUD, BUSY, GONE, KIND_BAUD, OPEN, PREAMBLE
+from station.families.particle.sim.pty import PtyConsole
 from station.sim.registry import write_registry_file
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ParticleSimServer:
         self._conns: set[socket.socket] = set()
         self._opened: dict[int, _Opened] = {}
         self._acm: dict[int, tuple[int, int]] = {}  # index -> (run enumeration, rate last sent to the firmware)
+        self._ptys: list[PtyConsole] = []
         self._lock = threading.Lock()
         for board in self.boards:
             board.add_listener(self._mode_changed)
@@ -80,6 +82,12 @@ class ParticleSimServer:
 
     def serial_url(self, index: int) -> str:
         return f"particlesim://{self.host}:{self.port}/{index + 1}"
+
+    def open_pty(self, index: int) -> str:
+        """Also offer board `index`'s console on a pty (bytes only: see pty.py); its path."""
+        pty = PtyConsole(self.boards[index])
+        self._ptys.append(pty)
+        return pty.path
 
     def registry_path(self, index: int) -> Path:
         return self.registry_dir / f"{self.locations[index]}.json"
@@ -114,6 +122,9 @@ class ParticleSimServer:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
+        for pty in self._ptys:
+            pty.close()
+        self._ptys.clear()
         self.usb.close()
 
     def __enter__(self) -> "ParticleSimServer":
@@ -235,12 +246,13 @@ class ParticleSimServer:
             else:
                 answer, entry = PREAMBLE, _Opened(index, conn, self.boards[index].run_enumeration)
                 self._opened[index] = entry
-        conn.sendall(answer)
         if entry is None:
+            conn.sendall(answer)
             return None
         conn.settimeout(None)
-        self.boards[index].host_opened(entry.enumeration)
-        self._line_coding(index, entry.enumeration, rate)
+        self.boards[index].host_opened(entry.enumeration)  # DTR: seen before open() returns on the host
+        conn.sendall(answer)
+        self._line_coding(index, entry.enumeration, rate)  # after: 14400 takes the board away under the host
         return entry
 
     def _talk(self, conn: socket.socket, opened: _Opened) -> None:
