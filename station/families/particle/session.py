@@ -27,7 +27,7 @@ if "station.families.particle.sim" not in serial.protocol_handler_packages:
 
 
 @dataclass
-class ParticleBoard:
+class BoardState:
     """What the steps learnt about one board, from detect on."""
 
     platform: Platform
@@ -43,11 +43,10 @@ class ParticleSession:
         self.url = url
         self.log = log
         self.progress = progress
-        self.board: ParticleBoard | None = None
+        self.board: BoardState | None = None
         self._dfu = DfuSession(url, log, progress)
         self._console: Console | None = None
         self._lock = threading.Lock()
-        self._aborted = False
 
     def dfu(self) -> DfuHost:
         """The DFU bootloader at the board's url now (opened once per enumeration)."""
@@ -61,8 +60,6 @@ class ParticleSession:
         """The run-time USB serial at the board's url now, at 9600 baud."""
         self._dfu.close()
         with self._lock:
-            if self._aborted:
-                raise StepFailed("Stopped by the station")
             self._close_console_locked()
             try:
                 self._console = Console(self.url)
@@ -76,8 +73,8 @@ class ParticleSession:
         self._close_console()
 
     def abort(self) -> None:
+        """From another thread (timeout, Stop): a DFU transfer stops at its next block, a console wait at once."""
         with self._lock:
-            self._aborted = True
             console = self._console
         self._dfu.abort()
         if console is not None:

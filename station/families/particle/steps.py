@@ -31,7 +31,7 @@ from station.families.particle.keys import ParticleKeyError, make_device_key, re
     slot_fingerprint
 from station.families.particle.platforms import BY_USB_ID, PLATFORMS, is_dfu, is_serial
 from station.families.particle.profile import ParticleFirmwareSet, ParticleOptions
-from station.families.particle.session import ParticleBoard, ParticleSession
+from station.families.particle.session import BoardState, ParticleSession
 from station.model import BoardInfo, PortInfo, StepFailed
 from station.profiles import Profile
 from station.steps import DeviceContext, FlashImage, Step
@@ -60,7 +60,7 @@ def particle_steps(profile: Profile) -> list[Step]:
 def detect(ctx: DeviceContext) -> str:
     port = _here(ctx)
     platform = BY_USB_ID[(port.vid, port.pid)]
-    board = ctx.session.board = ParticleBoard(platform)
+    board = ctx.session.board = BoardState(platform)
     ctx.firmware = ctx.profile.firmware.get(platform.chip)
     mode = "in DFU mode" if is_dfu((port.vid, port.pid)) else "running its firmware"
     ctx.board = BoardInfo(family="particle", chip=platform.chip, description=f"{platform.chip} {mode}")
@@ -232,7 +232,7 @@ SERVER_KEY, DEVICE_KEY = "server key", "device key"
 
 def _writes(ctx: DeviceContext, include_key: bool = True) -> list[Placement]:
     """Server key block, device key (unless kept), firmware: what this board gets, in the order written."""
-    board: ParticleBoard = ctx.session.board
+    board: BoardState = ctx.session.board
     platform, options = board.platform, _options(ctx)
     writes = [Placement(SERVER_KEY, platform.key_alt, platform.server_key_at,
                         server_block(options.server_key, options.server_address, platform.server_block))]
@@ -244,7 +244,7 @@ def _writes(ctx: DeviceContext, include_key: bool = True) -> list[Placement]:
 
 def _record(ctx: DeviceContext) -> None:
     """The journal's identity record and, once the device ID is known, the registration for the outbox."""
-    board: ParticleBoard = ctx.session.board
+    board: BoardState = ctx.session.board
     options = _options(ctx)
     key = board.device_key
     ctx.key_record = {"particle_device_id": board.device_id, "device_public_key": key.public_pem,
@@ -281,15 +281,10 @@ def _moved(ctx: DeviceContext, port: PortInfo) -> None:
 
 def _dfu(ctx: DeviceContext) -> DfuHost:
     session: ParticleSession = ctx.session
-    try:
-        return session.dfu()
-    except StepFailed:
-        raise
-    except DfuError as exc:
-        raise StepFailed(f"Can't open the board's DFU bootloader: {exc}", retryable=True) from exc
+    return session.dfu()  # StepFailed (retryable) when the bootloader can't be opened
 
 
-def _ready(ctx: DeviceContext) -> tuple[DfuHost, ParticleFirmwareSet, ParticleBoard]:
+def _ready(ctx: DeviceContext) -> tuple[DfuHost, ParticleFirmwareSet, BoardState]:
     if ctx.board is None or ctx.firmware is None or ctx.session.board is None:
         raise StepFailed("The board was not detected")
     port = _here(ctx)
