@@ -249,3 +249,20 @@ def test_a_board_that_vanishes_on_the_mode_switch_fails_in_plain_words(hub, spar
     assert summary.failed[gone].startswith("Board vanished during dfu (The board left the bus after the "
                                            "14400-baud switch")
     journal.close()
+
+
+def test_boards_that_already_have_wifi_are_put_in_listening_mode_by_the_28800_baud_request(hub, spark, tmp_path):
+    _, particle = hub(0, ["photon", "core"])
+    profile = load_profile(spark_profile(tmp_path, spark.url))
+    journal = Journal(tmp_path / "journal.sqlite3")
+    first, _ = run_batch(profile, tmp_path / "registry", journal, registrar(spark.url))
+    assert first.failed == {} and all(not b.listening for b in particle.boards)  # `w` ended listening mode
+
+    again, pending = run_batch(profile, tmp_path / "registry", journal, registrar(spark.url))
+
+    assert again.failed == {} and pending == 0
+    listens = [s.detail for d in journal.devices(again.batch_id) for s in journal.steps(d.id) if s.name == "listen"]
+    assert len(listens) == 2 and all(d.startswith("entered listening mode by the 28800-baud request") for d in listens)
+    for board in particle.boards:  # the second key replaced the first on the board and on the server
+        assert spark.stored_key(board.device_id) == device_key_public_pem(board)
+    journal.close()
