@@ -157,6 +157,7 @@ def test_four_cores_and_four_photons_beside_esp_boards(hub, spark, tmp_path):
         assert board.mode == "run" and board.cloud.ok  # it booted with both keys good
         identity = records[location]["identity"]
         assert identity["particle_device_id"] == board.device_id
+        assert records[location]["mac"] == (board.mac if chip == "Photon" else "")
         assert identity["device_public_key"] == public and "PRIVATE" not in str(records[location])
     assert PSK not in json.dumps(list(device_records(journal)))  # the passphrase the boards echoed is nowhere
     journal.close()

@@ -58,3 +58,4 @@ def test_cores_and_photons_pass_and_the_old_core_asks_for_its_buttons(particle_h
         assert "board left the bus" in said and "board unplugged" not in said
         assert any(text.startswith("board back on the bus as USB ") for text in said)
         assert board.wifi and board.mode == "run"
+        assert tile.mac == (board.mac if kind == "photon" else "")  # a Photon says its MAC in listening mode

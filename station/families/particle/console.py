@@ -25,6 +25,7 @@ LISTEN_BAUD = 28800
 CONSOLE_BAUD = 9600
 
 ID_ANSWER = re.compile(rb"Your (?:core|device) id is\s+([0-9A-Za-z]+)")
+MAC_ANSWER = re.compile(rb"Your device MAC address is\r?\n([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})\r?\n")
 DEVICE_ID = re.compile(r"^[0-9a-f]{24}$")
 
 SSID_PROMPT = b"SSID: "
@@ -89,6 +90,14 @@ class Console:
             raise ConsoleError(f"the board's device ID {one_line(match.group(1).decode('ascii'), 40)!r} is not 24 "
                                f"hex digits")
         return device_id
+
+    def mac(self, timeout: float) -> str | None:
+        """`m`: the Wi-Fi MAC address a Photon reports in listening mode (a Core has no `m`): aa:bb:cc:dd:ee:ff."""
+        self._port.reset_input_buffer()
+        self._write(b"m")
+        seen = self._read_until((b"\n",), timeout, after=b"MAC address is\r\n")
+        match = MAC_ANSWER.search(seen or b"")
+        return match.group(1).decode("ascii").lower() if match else None
 
     def set_wifi(self, ssid: str, psk: str, timeout: float) -> str:
         """`w`: answer each prompt as it comes (a Photon that sees the network skips security and cipher).

@@ -17,6 +17,7 @@ class Platform:
     device_key_at: int
     device_key_slot: int  # bytes the firmware reserves for the device's private key
     app_address: int  # where the user application lives on alt 0
+    has_wifi_mac: bool  # listening mode's `m` reports the MAC (the Core's CC3000 firmware has no `m`)
 
     @property
     def usb_ids(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -28,9 +29,11 @@ SERVER_ADDRESS_SIZE = 128
 SERVER_PORT_AT = 450  # big-endian u16 in the block; 0xFFFF = the default port
 
 CORE = Platform("Spark Core", 0, (0x1D50, 0x607F), (0x1D50, 0x607D), key_alt=1, server_key_at=0x1000,
-                server_block=1024, device_key_at=0x2000, device_key_slot=612, app_address=0x08005000)
+                server_block=1024, device_key_at=0x2000, device_key_slot=612, app_address=0x08005000,
+                has_wifi_mac=False)
 PHOTON = Platform("Photon", 6, (0x2B04, 0xD006), (0x2B04, 0xC006), key_alt=1, server_key_at=2082,
-                  server_block=512, device_key_at=34, device_key_slot=1216, app_address=0x080A0000)
+                  server_block=512, device_key_at=34, device_key_slot=1216, app_address=0x080A0000,
+                  has_wifi_mac=True)
 
 PLATFORMS: dict[str, Platform] = {p.chip: p for p in (CORE, PHOTON)}
 BY_USB_ID: dict[tuple[int, int], Platform] = {i: p for p in PLATFORMS.values() for i in p.usb_ids}

@@ -49,7 +49,7 @@ def particle_steps(profile: Profile) -> list[Step]:
     steps = [Step("detect", "Detecting", detect, identifies=True), Step("dfu", "Entering DFU mode", enter_dfu),
              Step("check", "Checking", check), Step("flash", "Writing keys and firmware", flash, transfers=True),
              Step("verify", "Reading back", verify, verifies=True), Step("reset", "Restarting", restart),
-             Step("listen", "Listening mode", listen)]
+             Step("listen", "Listening mode", listen, identifies=True)]
     if profile.wifi is not None:
         steps.append(Step("wifi", "Setting Wi-Fi", wifi))
     return steps
@@ -212,8 +212,13 @@ def listen(ctx: DeviceContext) -> str:
                          f"DFU mode; it is not the board the station started with")
     board.device_id = device_id
     ctx.board.description = f"{board.platform.chip}, device ID {device_id}"
+    if board.platform.has_wifi_mac:
+        try:
+            ctx.board.mac = ctx.session.console().mac(ANSWER_S) or ""
+        except ConsoleError as exc:
+            raise StepFailed(f"Listening mode: {exc}", retryable=True) from None
     _record(ctx)
-    return f"{how}; device ID {device_id}"
+    return f"{how}; device ID {device_id}" + (f", MAC {ctx.board.mac}" if ctx.board.mac else "")
 
 
 def wifi(ctx: DeviceContext) -> str:
