@@ -82,6 +82,7 @@ class Engine:
         self.probe_interval = 1.0  # seconds between asking a prompted board whether the person has acted
         self._departures: dict[PortKey, int] = {}  # how often each port has left the bus: a re-enumeration
         self._port_waits: dict[PortKey, concurrent.futures.Future] = {}  # a step waiting for its board to return
+        self._stopping: set[PortKey] = set()  # ports whose worker is being stopped: a wait it starts ends at once
 
     # --- events -------------------------------------------------------------------------------------------
 
@@ -450,11 +451,14 @@ class Engine:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
+            key = ctx.port.key
+            self._stopping.add(key)
             ctx.session.abort()
-            waiting = self._port_waits.get(ctx.port.key)
+            waiting = self._port_waits.get(key)
             if waiting is not None:
                 waiting.cancel()
             await asyncio.gather(future, return_exceptions=True)
+            self._stopping.discard(key)
             raise
 
     def _port_waiter(self, key: PortKey) -> Callable[[Callable[[PortInfo], bool], float], PortInfo | None]:
@@ -464,6 +468,8 @@ class Engine:
             assert self._loop is not None
             future = asyncio.run_coroutine_threadsafe(self._await_port(key, wanted, timeout), self._loop)
             self._port_waits[key] = future
+            if key in self._stopping:  # stopped just before the wait began
+                future.cancel()
             try:
                 return future.result()
             except concurrent.futures.CancelledError:

@@ -267,3 +267,22 @@ def test_boards_that_already_have_wifi_are_put_in_listening_mode_by_the_28800_ba
     for board in particle.boards:  # the second key replaced the first on the board and on the server
         assert spark.stored_key(board.device_id) == device_key_public_pem(board)
     journal.close()
+
+
+def test_stop_while_a_board_is_switching_interrupts_it_and_the_others_go_on(hub, spark, tmp_path):
+    _, particle = hub(0, ["old-core", "photon"])
+    old_core = particle.locations[0]
+    profile = load_profile(spark_profile(tmp_path, spark.url))
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    def stop_the_old_core(engine, e):  # the operator stops it while the station waits for it to re-enumerate
+        if isinstance(e, ev.StepStarted) and (e.key, e.step) == (old_core, "dfu"):
+            engine.cancel(old_core)
+
+    summary, _ = run_batch(profile, tmp_path / "registry", journal, registrar(spark.url), stop_the_old_core)
+
+    assert summary.passed == [particle.locations[1]]
+    assert summary.failed == {old_core: "Stopped by the operator"}
+    row = next(d for d in journal.devices(summary.batch_id) if d.port == old_core)
+    assert row.result == "interrupted"
+    journal.close()
