@@ -286,3 +286,22 @@ def test_stop_while_a_board_is_switching_interrupts_it_and_the_others_go_on(hub,
     row = next(d for d in journal.devices(summary.batch_id) if d.port == old_core)
     assert row.result == "interrupted"
     journal.close()
+
+
+def test_a_blank_core_in_its_bootloader_is_provisioned_and_a_photon_without_system_firmware_is_named(tmp_path, spark):
+    registry = tmp_path / "registry"
+    boards = [ParticleBoard("core", 0, blank=True), ParticleBoard("photon", 0, blank=True)]
+    with ParticleSimServer(boards, registry) as particle:
+        profile = load_profile(spark_profile(tmp_path, spark.url))
+        journal = Journal(tmp_path / "journal.sqlite3")
+
+        summary, _ = run_batch(profile, registry, journal, registrar(spark.url))
+
+        core, photon = particle.locations
+        assert summary.passed == [core]
+        assert summary.failed[photon].startswith("The board came back in DFU mode: its bootloader found no "
+                                                 "firmware it can run")
+        record = next(r for r in device_records(journal, summary.batch_id) if r["port"] == core)
+        assert record["identity"]["previous_key_fingerprint"] == "none (the slot was erased)"
+        assert spark.stored_key(boards[0].device_id) == device_key_public_pem(boards[0])
+        journal.close()

@@ -31,7 +31,7 @@ class ParticleFamily(BoardFamily):
         "check": StepPolicy(timeout=30, retries=0),
         "flash": StepPolicy(timeout=300, retries=0),
         "verify": StepPolicy(timeout=120, retries=0),
-        "reset": StepPolicy(timeout=60, retries=0),
+        "restart": StepPolicy(timeout=60, retries=0),  # not "reset": ESP boards give that step 10 s
         "listen": StepPolicy(timeout=30, retries=1),
         "wifi": StepPolicy(timeout=60, retries=1),
     }

@@ -7,7 +7,7 @@
               device_key = "keep", checked and kept) before anything is written
     flash     the server key block (key + address), the device key, the firmware
     verify    each region read back and compared
-    reset     leave DFU; the board comes back at the same USB location running its firmware
+    restart   leave DFU; the board comes back at the same USB location running its firmware
     listen    listening mode (28800 baud, else MODE held by a person; polled, as the console does not
               re-enumerate), the device ID with `i`, checked against the bootloader's
     wifi      the profile's network with `w`, each prompt answered once it shows
@@ -17,12 +17,14 @@ identity record holds the device ID, the key fingerprints and the server key's h
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import usb.util
 import usb.core
 
 from station.cloud.registrar import DeviceRegistration
+from station.discovery.usb_devices import UsbOpenError, open_usb
 from station.families.dfu.errors import DfuError
 from station.families.dfu.host import DfuHost
 from station.families.dfu.profile import Placement
@@ -41,6 +43,7 @@ DFU_PROMPT = "Hold MODE, tap RESET, and release MODE when the LED blinks yellow"
 LISTEN_PROMPT = "Hold MODE until the LED blinks blue"
 SWITCH_WAIT_S = 4.0  # a board that takes the magic baud is back in its other personality in about a second
 BOOT_WAIT_S = 20.0  # leaving DFU to the firmware's USB serial: a reset and the firmware's start
+BOOT_POLL_S = 0.5  # how often a board not back yet is looked at: has its bootloader come back instead?
 ANSWER_S = 1.0  # a listening board answers `i` at once; a running one never does
 WIFI_ANSWER_S = 15.0  # the board saves the credentials before it answers (particle-cli waits 15 s)
 
@@ -48,7 +51,7 @@ WIFI_ANSWER_S = 15.0  # the board saves the credentials before it answers (parti
 def particle_steps(profile: Profile) -> list[Step]:
     steps = [Step("detect", "Detecting", detect, identifies=True), Step("dfu", "Entering DFU mode", enter_dfu),
              Step("check", "Checking", check), Step("flash", "Writing keys and firmware", flash, transfers=True),
-             Step("verify", "Reading back", verify, verifies=True), Step("reset", "Restarting", restart),
+             Step("verify", "Reading back", verify, verifies=True), Step("restart", "Restarting", restart),
              Step("listen", "Listening mode", listen, identifies=True)]
     if profile.wifi is not None:
         steps.append(Step("wifi", "Setting Wi-Fi", wifi))
@@ -173,18 +176,23 @@ def verify(ctx: DeviceContext) -> str:
 
 def restart(ctx: DeviceContext) -> str:
     host, _, _ = _ready(ctx)
+    address = host.device.address  # a bootloader that comes back re-enumerates with another one
     try:
         host.leave()
     except DfuError as exc:
         raise StepFailed(f"Leaving DFU mode failed: {exc}") from exc
     finally:
         ctx.session.release()
-    back = ctx.await_port(lambda p: is_serial((p.vid, p.pid)), BOOT_WAIT_S)
-    if back is None:
+    deadline = time.monotonic() + BOOT_WAIT_S
+    while (back := ctx.await_port(lambda p: is_serial((p.vid, p.pid)), BOOT_POLL_S)) is None:
         now = ctx.port_now()
-        where = "it is still in DFU mode" if now is not None and is_dfu((now.vid, now.pid)) else "it is not back"
-        raise StepFailed(f"The board did not start its firmware within {BOOT_WAIT_S:g} s of leaving DFU mode "
-                         f"({where}); check that the profile's firmware is for this board")
+        if now is not None and is_dfu((now.vid, now.pid)) and _bootloader_address(now) not in (None, address):
+            raise StepFailed("The board came back in DFU mode: its bootloader found no firmware it can run; check "
+                             "that the profile's firmware (and, on a Photon, its system firmware) is for this board")
+        if time.monotonic() > deadline:
+            where = "it is still in DFU mode" if now is not None and is_dfu((now.vid, now.pid)) else "it is not back"
+            raise StepFailed(f"The board did not start its firmware within {BOOT_WAIT_S:g} s of leaving DFU mode "
+                             f"({where}); check that the profile's firmware is for this board")
     _moved(ctx, back)
     return f"the board runs its firmware (USB serial {back.usb_id})"
 
@@ -313,6 +321,14 @@ def _serial_string(host: DfuHost) -> str:
         return usb.util.get_string(host.device, index) or ""
     except (ValueError, usb.core.USBError):
         return ""  # no serial to read: the device ID comes from listening mode
+
+
+def _bootloader_address(port: PortInfo) -> int | None:
+    """The USB address of the DFU bootloader at `port` now (None if it can't be looked at)."""
+    try:
+        return open_usb(port.url).address
+    except (UsbOpenError, usb.core.USBError):
+        return None
 
 
 def _ask_id(ctx: DeviceContext) -> str | None:
