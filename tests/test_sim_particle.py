@@ -416,6 +416,11 @@ def test_vanish_on_switch_and_unplug(serve):
     switch(server, 0, 14400)
     assert server.wait_mode("sim-3.1", "off") and not server.registry_path(0).exists()
     assert board.led == "off"
+    server.plug(0)
+    server.hold_mode("sim-3.1", 3, tap_reset=True)  # hands work; the software switch out of DFU does not
+    with dfu_host(server) as host:
+        host.leave()
+    assert server.wait_mode("sim-3.1", "off") and not server.registry_path(0).exists()
     port = console(server, 1)
     server.unplug(1)
     with pytest.raises(serial.SerialException):
