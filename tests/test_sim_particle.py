@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import serial
@@ -19,7 +21,7 @@ from station.families.dfu.host import DfuHost
 from station.families.dfu.sim.remote import RemoteUsbBackend, open_device
 from station.families.particle.sim import firmware as fw
 from station.families.particle.sim.board import ParticleBoard, ParticleFaults
-from station.families.particle.sim.console import WPA2, AES
+from station.families.particle.sim.console import AES, TKIP, WPA2
 from station.families.particle.sim.server import ParticleSimServer
 
 LAB = {"lab-net": (WPA2, AES)}
@@ -414,6 +416,11 @@ def test_vanish_on_switch_and_unplug(serve):
     switch(server, 0, 14400)
     assert server.wait_mode("sim-3.1", "off") and not server.registry_path(0).exists()
     assert board.led == "off"
+    server.plug(0)
+    server.hold_mode("sim-3.1", 3, tap_reset=True)  # hands work; the software switch out of DFU does not
+    with dfu_host(server) as host:
+        host.leave()
+    assert server.wait_mode("sim-3.1", "off") and not server.registry_path(0).exists()
     port = console(server, 1)
     server.unplug(1)
     with pytest.raises(serial.SerialException):
@@ -489,3 +496,57 @@ def test_the_console_on_a_pty(serve):
     for _ in range(2):  # a program may open and close it again
         with serial.Serial(path, 9600, timeout=2) as port:
             assert ask(port, b"i") == f"Your device id is {board.device_id}\r\n".encode()
+
+
+# --- the third-party proof: particle-cli, unmodified ----
+
+PARTICLE_CLI = Path(__file__).parent / "tools" / "particle-cli" / "node_modules" / ".bin" / "particle"
+
+
+def particle_cli(tmp_path: Path, server: ParticleSimServer, index: int, *args: str) -> str:
+    """Run particle-cli with the board's console on a pty that udev (a stand-in `udevadm info -e`, which is how
+    its serialport library lists ports on Linux) describes as the board's USB serial."""
+    assert PARTICLE_CLI.exists(), "particle-cli is not installed; run `bash packaging/setup-debian.sh`"
+    board, tty = server.boards[index], tmp_path / "dev" / "ttyACM0"
+    if not tty.exists():
+        tty.parent.mkdir()
+        tty.symlink_to(server.open_pty(index))
+        record = (f"P: /devices/sim/{server.locations[index]}/tty/ttyACM0\nN: ttyACM0\nE: DEVNAME={tty}\n"
+                  f"E: SUBSYSTEM=tty\nE: ID_VENDOR_ENC={board.kind.run_manufacturer}\n"
+                  f"E: ID_VENDOR_ID={board.kind.run_vid:04x}\nE: ID_MODEL_ID={board.kind.run_pid:04x}\n"
+                  f"E: ID_SERIAL_SHORT={board.device_id.upper()}\n\n")
+        (tmp_path / "udev.txt").write_text(record)
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "udevadm").write_text(f"#!/bin/sh\ncat {tmp_path / 'udev.txt'}\n")
+        (tmp_path / "bin" / "udevadm").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", HOME=str(tmp_path))
+    done = subprocess.run([str(PARTICLE_CLI), *args, "--no-update-check"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_particle_cli_serial_identify_and_wifi(serve, tmp_path):
+    board = ParticleBoard("photon", visible=LAB)
+    server = serve(board)
+    said = particle_cli(tmp_path, server, 0, "serial", "identify")
+    assert f"Your device id is {board.device_id}" in said
+    assert "Your system firmware version is 2.3.1" in said
+    (tmp_path / "wifi.json").write_text(json.dumps({"network": "lab-net", "security": "WPA2_AES",
+                                                    "password": "s3cret"}))
+    said = particle_cli(tmp_path, server, 0, "serial", "wifi", "--file", str(tmp_path / "wifi.json"))
+    assert "Done! Your device should now restart." in said  # particle-cli saw "Particle <3 you!"
+    (saved,) = board.wifi
+    assert (saved.ssid, saved.security, saved.cipher, saved.password) == ("lab-net", WPA2, AES, "s3cret")
+    assert board.led == "breathing cyan"
+
+
+def test_particle_cli_answers_a_cores_security_prompts(serve, tmp_path):
+    board = ParticleBoard("core", visible=LAB)
+    server = serve(board)
+    (tmp_path / "wifi.json").write_text(json.dumps({"network": "lab-net", "security": "WPA2_TKIP",
+                                                    "password": "s3cret"}))
+    said = particle_cli(tmp_path, server, 0, "serial", "wifi", "--file", str(tmp_path / "wifi.json"))
+    assert "Done! Your device should now restart." in said
+    (saved,) = board.wifi  # the Core cannot scan: particle-cli answered the security and cipher prompts
+    assert (saved.ssid, saved.security, saved.cipher, saved.password) == ("lab-net", WPA2, TKIP, "s3cret")
