@@ -50,13 +50,15 @@ def normalise_device_id(text: str) -> str | None:
 
 def pulse_baud(url: str, baud: int) -> None:
     """Open the port at `baud` and close it, then at 9600 (device-os build/serial_switcher.py)."""
-    for rate in (baud, CONSOLE_BAUD):
+    try:
+        port = serial.serial_for_url(url, baudrate=baud, timeout=0.5, exclusive=True)
+    except (SerialException, OSError) as exc:
+        raise ConsoleError(f"can't open the board's USB serial at {baud} baud: {exc}") from None
+    for step in (port.close, lambda: serial.serial_for_url(url, baudrate=CONSOLE_BAUD, exclusive=True).close()):
         try:
-            serial.serial_for_url(url, baudrate=rate, timeout=0.5, exclusive=True).close()
-        except (SerialException, OSError) as exc:
-            if rate == baud:
-                raise ConsoleError(f"can't open the board's USB serial at {baud} baud: {exc}") from None
-            return  # the board already left for DFU mode: its serial is gone
+            step()
+        except (SerialException, OSError):
+            return  # the board already left for its other mode: its serial is gone
 
 
 class Console:
