@@ -119,7 +119,6 @@ class Profile:
             lines.append("Cloud: none")
         return lines
 
-
     def _unregistered(self) -> list[tuple[str, str]]:
         """(chips, why) for boards whose family can't register with the profile's [cloud]."""
         from station.families import FAMILIES
