@@ -114,9 +114,19 @@ class Profile:
         if self.cloud:
             lines.append(f"Cloud: registered with {self.cloud.registrar}" + (f" at {self.cloud.url}" if self.cloud.url
                                                                               else ""))
+            lines += [f"  except {chips}: {note}" for chips, note in self._unregistered()]
         else:
             lines.append("Cloud: none")
         return lines
+
+    def _unregistered(self) -> list[tuple[str, str]]:
+        """(chips, why) for boards whose family can't register with the profile's [cloud]."""
+        from station.families import FAMILIES
+
+        return [("/".join(c for c in self.chips if c in FAMILIES[name].chips),
+                 f"their {FAMILIES[name].title} keys have no place on {self.cloud.registrar}")
+                for name, options in self.options.items()
+                if FAMILIES[name].registers_device_keys and not options.registered]
 
 
 class Table:
@@ -208,10 +218,10 @@ def load_profile(path: str | os.PathLike) -> Profile:
             meta.fail(f"family {names} does not include '{extra}', but [[firmware]] has {extra} chips; add it or "
                       f"remove the key (the chips say which families a profile uses).", "family")
 
-    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware)}
-    options = {name_: FAMILIES[name_].load_options(top, sets_, generic) for name_, sets_ in by_family.items()}
     cloud = _load_cloud(top)
-    if cloud and not generic["identity"]:
+    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware), "cloud": cloud}
+    options = {name_: FAMILIES[name_].load_options(top, sets_, generic) for name_, sets_ in by_family.items()}
+    if cloud and not generic["identity"] and not any(FAMILIES[f].registers_device_keys for f in by_family):
         top.fail("[cloud] registers each board by its certificate; add an [identity] table.")
     return Profile(path=file, sha256=hashlib.sha256(text).hexdigest(), name=name,
                    description=meta.get("description", str, ""), firmware=firmware, options=options,

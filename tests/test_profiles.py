@@ -16,6 +16,7 @@ PROFILES = shipped_profiles_dir()
 @pytest.fixture
 def profile_dir(tmp_path):
     shutil.copytree(PROFILES / "firmware", tmp_path / "firmware")
+    shutil.copytree(PROFILES / "keys", tmp_path / "keys")
     shutil.copy(PROFILES / "demo-mixed.toml", tmp_path / "p.toml")
     return tmp_path
 
