@@ -293,7 +293,7 @@ class ParticleBoard:
         self.run_enumeration += 1
         self.mode = "run"  # set before the listeners hear of it, with running and cloud in place
         if not self.wifi:
-            self._listen(notify=False)
+            self._listen()
         for listener in self._listeners:
             listener(self, old, "run")
         self._changed.notify_all()
@@ -312,11 +312,10 @@ class ParticleBoard:
         modules = tuple(parts) + ((user,) if user else ())
         return Running(parts[0].version, modules, safe_mode=user is None or user.version > parts[0].version)
 
-    def _listen(self, notify: bool = True) -> None:
+    def _listen(self) -> None:
         self.listening = True
         self._console = ListeningConsole(self._console_facts(), self._save_credentials, self._stop_listening)
-        if notify:
-            self._changed.notify_all()
+        self._changed.notify_all()
 
     def _stop_listening(self) -> None:
         self.listening = False
