@@ -101,12 +101,13 @@ ModeListener = Callable[["ParticleBoard", str, str], None]
 
 class ParticleBoard:
     def __init__(self, kind: ParticleKind | str, index: int = 0, *, blank: bool = False,
-                 faults: ParticleFaults | None = None, visible: dict[str, tuple[int, int]] | None = None):
+                 faults: ParticleFaults | None = None, visible: dict[str, tuple[int, int]] | None = None,
+                 throttle: bool = False):
         """`blank`: nothing but the bootloader (it stays in DFU mode); `visible`: SSID -> (security, cipher) of
-        the networks in range."""
+        the networks in range; `throttle`: erase and program in DFU mode take as long as on the real parts."""
         self.kind = KINDS[kind] if isinstance(kind, str) else kind
         self.index = index
-        self.dfu = DfuDevice(self.kind.dfu, self.kind.dfu.uid_for(index))
+        self.dfu = DfuDevice(self.kind.dfu, self.kind.dfu.uid_for(index), throttle=throttle)
         self.uid = self.dfu.uid
         self.device_id = self.uid.hex()
         self.mac = "6c:0b:84:" + ":".join(f"{b:02x}" for b in self.uid[-3:])
