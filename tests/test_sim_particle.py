@@ -550,3 +550,15 @@ def test_particle_cli_answers_a_cores_security_prompts(serve, tmp_path):
     assert "Done! Your device should now restart." in said
     (saved,) = board.wifi  # the Core cannot scan: particle-cli answered the security and cipher prompts
     assert (saved.ssid, saved.security, saved.cipher, saved.password) == ("lab-net", WPA2, TKIP, "s3cret")
+
+
+def test_a_throttled_board_advertises_the_real_erase_time(serve):
+    board = ParticleBoard("core", throttle=True)
+    server = serve(board)
+    switch(server, 0, 14400)
+    assert server.wait_mode("sim-3.1", "dfu")
+    device = open_device(entry(server)["url"])
+    device.set_interface_altsetting(0, 1)  # the SST25 SPI flash
+    device.ctrl_transfer(0x21, 1, 0, 0, bytes([0x41]) + (0x2000).to_bytes(4, "little"))  # DfuSe erase page
+    status = device.ctrl_transfer(0xA1, 3, 0, 0, 6)
+    assert (status[4], status[1] | status[2] << 8 | status[3] << 16) == (4, 25)  # dfuDNBUSY, 25 ms sector erase

@@ -101,12 +101,13 @@ ModeListener = Callable[["ParticleBoard", str, str], None]
 
 class ParticleBoard:
     def __init__(self, kind: ParticleKind | str, index: int = 0, *, blank: bool = False,
-                 faults: ParticleFaults | None = None, visible: dict[str, tuple[int, int]] | None = None):
+                 faults: ParticleFaults | None = None, visible: dict[str, tuple[int, int]] | None = None,
+                 throttle: bool = False):
         """`blank`: nothing but the bootloader (it stays in DFU mode); `visible`: SSID -> (security, cipher) of
-        the networks in range."""
+        the networks in range; `throttle`: erase and program in DFU mode take as long as on the real parts."""
         self.kind = KINDS[kind] if isinstance(kind, str) else kind
         self.index = index
-        self.dfu = DfuDevice(self.kind.dfu, self.kind.dfu.uid_for(index))
+        self.dfu = DfuDevice(self.kind.dfu, self.kind.dfu.uid_for(index), throttle=throttle)
         self.uid = self.dfu.uid
         self.device_id = self.uid.hex()
         self.mac = "6c:0b:84:" + ":".join(f"{b:02x}" for b in self.uid[-3:])
@@ -293,7 +294,7 @@ class ParticleBoard:
         self.run_enumeration += 1
         self.mode = "run"  # set before the listeners hear of it, with running and cloud in place
         if not self.wifi:
-            self._listen(notify=False)
+            self._listen()
         for listener in self._listeners:
             listener(self, old, "run")
         self._changed.notify_all()
@@ -312,11 +313,10 @@ class ParticleBoard:
         modules = tuple(parts) + ((user,) if user else ())
         return Running(parts[0].version, modules, safe_mode=user is None or user.version > parts[0].version)
 
-    def _listen(self, notify: bool = True) -> None:
+    def _listen(self) -> None:
         self.listening = True
         self._console = ListeningConsole(self._console_facts(), self._save_credentials, self._stop_listening)
-        if notify:
-            self._changed.notify_all()
+        self._changed.notify_all()
 
     def _stop_listening(self) -> None:
         self.listening = False

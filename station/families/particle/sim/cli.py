@@ -39,10 +39,10 @@ def parse_network(text: str) -> tuple[str, tuple[int, int]]:
 
 
 def build_boards(kind: str, count: int, blank: bool, visible: dict[str, tuple[int, int]],
-                 fault_specs: tuple[str, ...]) -> list[ParticleBoard]:
+                 fault_specs: tuple[str, ...], throttle: bool = False) -> list[ParticleBoard]:
     kinds = MIXED_ORDER if kind == "mixed" else (kind,)
     numbers = {k: itertools.count() for k in KINDS}  # each kind's boards get that kind's UID sequence
-    boards = [ParticleBoard(k, next(numbers[k]), blank=blank, visible=visible)
+    boards = [ParticleBoard(k, next(numbers[k]), blank=blank, visible=visible, throttle=throttle)
               for k, _ in zip(itertools.cycle(kinds), range(count))]
     apply_faults(boards, fault_specs)
     return boards
@@ -110,11 +110,14 @@ def answer_stdin(server: ParticleSimServer) -> None:
 @click.option("--blank", is_flag=True, help="Boards without firmware or keys: they start in DFU mode.")
 @click.option("--pty", "use_pty", is_flag=True,
               help="Also offer each board's console on a pty (bytes only, no baud switches), for particle-cli.")
+@click.option("--throttle/--no-throttle", default=False, show_default=True,
+              help="In DFU mode, erase and program take as long as on the real parts.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
               help="TCP port of the USB serials (0: any); the DFU side takes any free port.")
 @click.option("-v", "--verbose", is_flag=True, help="Log server events to stderr.")
-def particle(kind, count, registry, dump, fault_specs, networks, blank, use_pty, host, port, verbose) -> None:
+def particle(kind, count, registry, dump, fault_specs, networks, blank, use_pty, throttle, host, port,
+             verbose) -> None:
     """Serve COUNT emulated Spark Cores / Photons: particlesim:// USB serials and usbsim:// DFU bootloaders.
 
     Each board keeps its location (sim-3.N) and swaps its registry entry when it re-enumerates. Lines on stdin
@@ -124,7 +127,7 @@ def particle(kind, count, registry, dump, fault_specs, networks, blank, use_pty,
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     visible = dict(parse_network(n) for n in networks)
-    boards = build_boards(kind, count, blank, visible, fault_specs)
+    boards = build_boards(kind, count, blank, visible, fault_specs, throttle)
     server = ParticleSimServer(boards, registry, host=host, port=port)
     try:
         server.start()

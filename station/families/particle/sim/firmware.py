@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from station.families.dfu.sim.firmware import cortex_m_image
+from station.families.dfu.sim.memory import AccessError, AddressError
 
 HEADER = struct.Struct("<4sHBBBBBBI")
 MAGIC = b"PSFW"
@@ -71,7 +72,7 @@ def read_module(read, address: int, platform: int, function: int) -> Module | No
         return None
     try:
         image = read(address, size)
-    except Exception:  # a size running past the flash: not a module
+    except (AddressError, AccessError):  # a size running past the flash: not a module
         return None
     if len(image) != size or struct.unpack("<I", image[-4:])[0] != zlib.crc32(image[:-4]):
         return None
