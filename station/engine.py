@@ -308,7 +308,13 @@ class Engine:
         finally:
             session.close()
             self._sessions.pop(key, None)
-        queued = await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
+        try:
+            queued = await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
+        except Exception as exc:  # noqa: BLE001 - the journal refused (disk full, I/O error): its transaction rolled back
+            queued, result = False, Result.FAIL
+            reason = one_line(f"The board's result could not be written to the journal ({type(exc).__name__}: "
+                              f"{exc}); free disk space or check the journal file, then provision this board again")
+            self._publish(ev.Log(key, "error", reason))
         if result is Result.PASS:
             summary.passed.append(key)
         else:
@@ -377,7 +383,7 @@ class Engine:
             void_in_transaction(db, old.device_id, identity, serial, f"re-provisioned as device {device_id}")
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
-        policy = self.profile.steps[step.name]
+        policy = self.profile.steps[ctx.port.family][step.name]
         key = ctx.port.key
         attempt = 0
         while True:

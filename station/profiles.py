@@ -74,7 +74,7 @@ class Profile:
     firmware: dict[str, Any]  # chip name -> the chip's family's firmware set
     options: dict[str, Any]  # family name -> that family's share of the tables
     wifi: WifiSpec | None
-    steps: dict[str, StepPolicy]
+    steps: dict[str, dict[str, StepPolicy]]  # family name -> step name -> policy
     identity: IdentitySpec | None = None
     cloud: CloudSpec | None = None
 
@@ -350,25 +350,26 @@ def _load_wifi(top: Table) -> WifiSpec | None:
     return WifiSpec(ssid=ssid, psk_env=psk_env, psk_keyring=psk_keyring)
 
 
-def _load_steps(top: Table, families: list) -> dict[str, StepPolicy]:
-    """Each family's default policies (the first family's where two share a step name), then [steps]."""
-    policies: dict[str, StepPolicy] = {}
-    for family in families:
-        for name, policy in family.policies.items():
-            policies.setdefault(name, policy)
+def _load_steps(top: Table, families: list) -> dict[str, dict[str, StepPolicy]]:
+    """Each family's default policies, then [steps]: a step named there is set for every family that has it
+    (an ESP "check" and a Particle "check" keep their own defaults until the profile says otherwise)."""
+    policies = {family.name: dict(family.policies) for family in families}
     if "steps" not in top.raw:
         return policies
     steps = top.sub("steps", top.get("steps", dict))
-    steps.check_keys(tuple(policies))
+    steps.check_keys(tuple(dict.fromkeys(name for own in policies.values() for name in own)))
     for name, raw in steps.raw.items():
         step = steps.sub(name, raw)
         step.check_keys(("timeout", "retries"))
-        timeout = step.get("timeout", (int, float), policies[name].timeout)
-        retries = step.get("retries", int, policies[name].retries)
+        default = next(own[name] for own in policies.values() if name in own)
+        timeout = step.get("timeout", (int, float), default.timeout)
+        retries = step.get("retries", int, default.retries)
         if not (math.isfinite(timeout) and 0 < timeout <= MAX_STEP_TIMEOUT) or not 0 <= retries <= 10:
             step.fail(f"timeout must be more than 0 and at most {MAX_STEP_TIMEOUT} seconds, and retries between 0 "
                       f"and 10.")
-        policies[name] = StepPolicy(timeout=float(timeout), retries=retries)
+        for own in policies.values():
+            if name in own:
+                own[name] = StepPolicy(timeout=float(timeout), retries=retries)
     return policies
 
 

@@ -142,3 +142,15 @@ def test_missing_passphrase_names_the_variable():
     profile = load_profile(PROFILES / "demo-mixed.toml")
     with pytest.raises(ProfileError, match="export STATION_DEMO_WIFI_PSK="):
         resolve_psk(profile.wifi, {})
+
+
+def test_each_family_keeps_its_own_step_defaults_until_steps_names_one(profile_dir):
+    mixed = load_profile(profile_dir / "p.toml")  # ESP, DFU and Particle boards: each has a "check" step
+    assert mixed.steps["esp"]["check"].timeout == 10 and mixed.steps["particle"]["check"].timeout == 30
+
+    text = (profile_dir / "p.toml").read_text()
+    (profile_dir / "p.toml").write_text(text + "\n[steps.check]\ntimeout = 45\n")
+    told = load_profile(profile_dir / "p.toml")
+    assert {family: own["check"].timeout for family, own in told.steps.items()} == {"esp": 45, "dfu": 45,
+                                                                                   "particle": 45}
+    assert told.steps["esp"]["flash"] == mixed.steps["esp"]["flash"]  # what [steps] does not name stays
