@@ -83,6 +83,23 @@ def assert_update_served(data, ca, port: int) -> None:
     conn.close()
 
 
+def test_up_with_the_update_port_taken_says_so_and_leaves_no_broker_running(open_dir, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(cloud_cli, "load_issuing_ca", lambda data: make_ca())
+    cli, runner = station_cli(open_dir), CliRunner()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ota = taken.getsockname()[1]
+        refused = runner.invoke(cli, ["cloud", "up", "--admin-port", str(free_port()), "--device-port",
+                                      str(free_port()), "--device-host", "127.0.0.1", "--ota-port", str(ota)])
+    assert refused.exit_code == 1 and f"port {ota}" in refused.output and "--ota-port" in refused.output
+    assert "Traceback" not in refused.output
+    status = runner.invoke(cli, ["cloud", "status"])
+    assert "broker: not running" in status.output and "update server: not running" in status.output
+
+
 def test_up_without_a_station_ca_says_what_to_do(open_dir):
     result = CliRunner().invoke(station_cli(open_dir), ["cloud", "up", "--admin-port", str(free_port()),
                                                         "--device-port", str(free_port())])

@@ -71,8 +71,16 @@ def up(ctx, admin_port, device_port, device_host, server_names, ota_port, ota_cl
             return
         ca = load_issuing_ca(data)
         broker.ca = updates.ca = ca
+        if updates.running_pid() is None:
+            updates.check_port_free()  # before the broker starts: a refused `up` leaves nothing running
+        broker_was_running = broker.status().running
         status = broker.up()
-        line = updates.up()
+        try:
+            line = updates.up()
+        except CloudError:
+            if not broker_was_running:
+                broker.down()
+            raise
     except CloudError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("\n".join(status.lines() + [line]))

@@ -203,13 +203,16 @@ class UpdateService:
     def log_path(self) -> Path:
         return self.state_dir / "server.log"
 
+    def check_port_free(self) -> None:
+        _check_port_free(self.config.host, self.config.port)
+
     def up(self) -> str:
         """Start the server (or leave a running one alone); a line saying where it listens."""
         if self.running_pid() is not None:
             return self.status_line()
         if self.config is None or self.ca is None or self.ca.key is None:
             raise BrokerError("the update server needs its settings and the station CA (for its server certificate)")
-        _check_port_free(self.config.host, self.config.port)
+        self.check_port_free()
         self._prepare_files()
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",  # none of the station's secrets
                "PYTHONPATH": str(Path(__file__).resolve().parents[2])}

@@ -42,7 +42,7 @@ class Station:
 
     def cloud_up(self) -> subprocess.CompletedProcess:
         return self.run("cloud", "up", "--admin-port", str(self.admin_port), "--device-port", str(self.device_port),
-                        "--device-host", "127.0.0.1")
+                        "--device-host", "127.0.0.1", "--ota-port", str(free_port()))
 
     @property
     def broker(self) -> LocalBroker:
@@ -69,5 +69,6 @@ def new_station() -> Station:
 
 
 def remove_station(station: Station) -> None:
-    station.broker.down()
+    down = station.run("cloud", "down")  # the broker and the update server
+    assert down.returncode == 0, down.stdout + down.stderr
     shutil.rmtree(station.data.parent, ignore_errors=True)
