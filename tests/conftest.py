@@ -103,3 +103,25 @@ def stations(tmp_path, arun, qtbot):
 def no_user_profiles(tmp_path_factory, monkeypatch):
     """The developer's own profiles (~/.config/provisioning-station/profiles) never reach a test."""
     monkeypatch.setenv("STATION_PROFILES_DIR", str(tmp_path_factory.mktemp("user-profiles")))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the session (tests/pg_server.py), stopped by PID at the end."""
+    from tests.pg_server import PgServer
+
+    server = PgServer().init().start()
+    try:
+        server.setup_role()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server, monkeypatch):
+    """A fresh database on the session's server; the station's password in STATION_DB_PASSWORD."""
+    from tests.pg_server import PASSWORD
+
+    monkeypatch.setenv("STATION_DB_PASSWORD", PASSWORD)
+    return pg_server.fresh_database()

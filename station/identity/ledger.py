@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from station.identity import LedgerError
-from station.store import MEMORY, Schema, connect
+from station.store import MEMORY, IntegrityError, Schema, connect, is_url
 
 JOURNAL_FILE = "journal.sqlite3"  # the journal's file name in the data dir (station/cli.py)
 
@@ -46,7 +46,29 @@ CREATE UNIQUE INDEX IF NOT EXISTS certificates_live_subject ON certificates(subj
 CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
 """
 
-SCHEMA = Schema("ledger", (TABLES_V1,))  # version 1: the table as made before versions were kept
+# On PostgreSQL the stations' ledgers meet. A key or a live device serial there twice is a finding that
+# `station db status` reports, not a write refused: each station refused it already in its own file, and a
+# station that was offline must still be able to hand its records in.
+PG_TABLES_V1 = """
+CREATE TABLE IF NOT EXISTS certificates (
+    serial_hex TEXT PRIMARY KEY,
+    subject_serial TEXT NOT NULL,
+    device_id TEXT,
+    public_key_sha256 TEXT NOT NULL,
+    key_origin TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    issued DOUBLE PRECISION NOT NULL,
+    voided DOUBLE PRECISION,
+    void_reason TEXT,
+    issuer_sha256 TEXT NOT NULL DEFAULT '',
+    certificate BYTEA
+);
+CREATE INDEX IF NOT EXISTS certificates_subject ON certificates(subject_serial);
+CREATE INDEX IF NOT EXISTS certificates_key ON certificates(public_key_sha256);
+CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
+"""
+
+SCHEMA = Schema("ledger", (TABLES_V1,), postgres=(PG_TABLES_V1,))  # version 1: the table as made before versions were kept
 
 
 @dataclass(frozen=True)
@@ -109,8 +131,9 @@ def public_key_sha256(public_key: PublicKeyTypes) -> str:
 
 class Ledger:
     def __init__(self, path: str | Path):
-        """`path`: the journal file (data_dir/journal.sqlite3), or ":memory:" for a throw-away ledger."""
-        self.path = Path(path) if str(path) != MEMORY else None
+        """`path`: the journal file (data_dir/journal.sqlite3), ":memory:" for a throw-away ledger, or a
+        PostgreSQL URL (every station's certificates)."""
+        self.path = None if str(path) == MEMORY else path if is_url(path) else Path(path)
         self._lock = threading.Lock()
         self._db = connect(path, SCHEMA)
 
@@ -159,7 +182,7 @@ class Ledger:
                 self._db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                  astuple(record))
                 self._db.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:  # another process won a race the checks above could not see
+            except (sqlite3.IntegrityError, IntegrityError) as exc:  # another process won a race the checks missed
                 self._db.execute("ROLLBACK")
                 if "serial_hex" in str(exc):
                     raise DuplicateSerialError(f"certificate serial {record.serial_hex} is in the ledger "
@@ -267,6 +290,10 @@ def void_certificate(db: sqlite3.Connection, serial: str, reason: str) -> CertRe
 
 
 def _db_path(db: sqlite3.Connection) -> str:
+    if not isinstance(db, sqlite3.Connection):
+        from station.pg import redact
+
+        return redact(db.url)
     return next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "") or MEMORY
 
 
