@@ -18,12 +18,14 @@ import threading
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from station.identity import LedgerError
+from station.serials import SerialPool
 from station.store import MEMORY, IntegrityError, Schema, connect, is_url
 
 JOURNAL_FILE = "journal.sqlite3"  # the journal's file name in the data dir (station/cli.py)
@@ -95,6 +97,7 @@ class CertRecord:
 
 COLUMNS = ("serial_hex, subject_serial, device_id, public_key_sha256, key_origin, not_after, issued, voided, "
             "void_reason, issuer_sha256, certificate")
+_PREFIXED = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 
 
 class DuplicateSerialError(LedgerError):
@@ -136,6 +139,18 @@ class Ledger:
         self.path = None if str(path) == MEMORY else path if is_url(path) else Path(path)
         self._lock = threading.Lock()
         self._db = connect(path, SCHEMA)
+        self._target = path
+        self._serials: SerialPool | None = None
+        # every station's live certificates (station/replica.py: Replica.find_live), when the station has a
+        # factory database: a device serial live there is "already provisioned" here too
+        self.remote: Callable[[str | None, str | None], CertRecord | None] | None = None  # (serial, mac)
+
+    @property
+    def serials(self) -> SerialPool:
+        """The device serial numbers this station hands out ({counter}), in the same file."""
+        if self._serials is None:
+            self._serials = SerialPool(self._target)
+        return self._serials
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path) -> "Ledger":
@@ -147,6 +162,8 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._serials is not None:
+            self._serials.close()
 
     def __enter__(self) -> "Ledger":
         return self
@@ -213,9 +230,28 @@ class Ledger:
             return self._one_locked("serial_hex = ?", (serial.upper(),))
 
     def find_subject(self, subject_serial: str) -> CertRecord | None:
-        """The live (not voided) certificate of a device serial, or None."""
+        """The live (not voided) certificate of a device serial here, else on any station (`remote`), or None."""
         with self._lock:
-            return self._one_locked("subject_serial = ? AND voided IS NULL", (subject_serial,))
+            found = self._one_locked("subject_serial = ? AND voided IS NULL", (subject_serial,))
+        if found is None and self.remote is not None:
+            found = self.remote(subject_serial, None)  # copied into this file: its messages and void work here
+        return found
+
+    def find_board(self, mac: str) -> CertRecord | None:
+        """The live certificate of the board with this MAC (its journal record says which), here, else on any
+        station (`remote`), or None. A serial template over the station's {counter} names no board, so this is
+        what tells that board apart."""
+        with self._lock:
+            try:
+                row = self._db.execute(f"SELECT {_PREFIXED} FROM certificates c JOIN devices d ON d.id = c.device_id"
+                                       f" WHERE d.mac = ? AND c.voided IS NULL ORDER BY c.issued DESC LIMIT 1",
+                                       (mac,)).fetchone()
+            except sqlite3.OperationalError:  # a ledger file without the journal's tables
+                row = None
+        found = CertRecord(*row) if row else None
+        if found is None and self.remote is not None:
+            found = self.remote(None, mac)
+        return found
 
     def find_key(self, public_key: PublicKeyTypes) -> CertRecord | None:
         """The certificate (live or voided) that certified this public key, or None."""
