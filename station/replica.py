@@ -184,7 +184,7 @@ class Replica:
                 if sent:
                     continue
                 self._stop.wait(POLL_S)
-            except (StoreError, _pg_errors()) as exc:
+            except Exception as exc:  # noqa: BLE001 - the server away, or a row it refuses: said, tried again later
                 self._drop_pg()
                 self._set_online(False, _first_line(exc))
                 self._stop.wait(wait)

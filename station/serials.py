@@ -72,7 +72,8 @@ def draw_from(db, counter: str, start: int, count: int) -> list[int]:
     back, so a number drawn is never drawn again, even if the drawing station dies before it records it."""
     seq = sequence_name(counter)
     with db:
-        db.execute("BEGIN")
+        db.execute("BEGIN")  # stations making the sequence at once: one makes it, the others wait and find it
+        db.execute("SELECT pg_advisory_xact_lock(?)", (int(hashlib.sha256(seq.encode()).hexdigest()[:15], 16),))
         db.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq} START WITH {int(start)} MINVALUE {min(0, int(start))}")
         db.execute("INSERT INTO counters (counter, sequence, start) VALUES (?, ?, ?) ON CONFLICT (counter) DO NOTHING",
                    (counter, seq, start))
