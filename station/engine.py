@@ -326,7 +326,7 @@ class Engine:
         plan = ctx.identity
         queued = False
         with self.journal.transaction() as db:
-            if plan is not None and result is not Result.PASS:
+            if self.ledger is not None and result is not Result.PASS:
                 void_serials(db, ctx.device_id)  # a failed board's {counter} number is recorded void, never reissued
             if plan is not None and plan.record:
                 if result is not Result.PASS and not plan.record["void"]:

@@ -139,18 +139,10 @@ class Ledger:
         self.path = None if str(path) == MEMORY else path if is_url(path) else Path(path)
         self._lock = threading.Lock()
         self._db = connect(path, SCHEMA)
-        self._target = path
-        self._serials: SerialPool | None = None
+        self.serials = SerialPool(path)  # the device serial numbers it hands out ({counter}), in the same file
         # every station's live certificates (station/replica.py: Replica.find_live), when the station has a
         # factory database: a device serial live there is "already provisioned" here too
         self.remote: Callable[[str | None, str | None], CertRecord | None] | None = None  # (serial, mac)
-
-    @property
-    def serials(self) -> SerialPool:
-        """The device serial numbers this station hands out ({counter}), in the same file."""
-        if self._serials is None:
-            self._serials = SerialPool(self._target)
-        return self._serials
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path) -> "Ledger":
@@ -162,8 +154,7 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        if self._serials is not None:
-            self._serials.close()
+        self.serials.close()
 
     def __enter__(self) -> "Ledger":
         return self
