@@ -18,7 +18,7 @@ travels back up through the spool.
 """
 from __future__ import annotations
 
-import sqlite3
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from station.serials import SCHEMA as SERIALS_SCHEMA
 from station.store import Schema, StoreError, connect
 
 CHUNK = 500  # spool entries per PostgreSQL transaction
-POLL_S = 0.05  # how often an idle replica looks at the spool (one indexed read of a local file)
+POLL_S = 0.05  # how long a caught-up replica gathers entries before it looks again (one indexed local read)
 RETRY_S = (0.25, 5.0)  # first and longest wait before trying an unreachable server again
 
 
@@ -110,6 +110,37 @@ def prepare_file(path) -> None:
         connect(path, schema).close()
 
 
+class _Link:
+    """One connection to the server with its lock, opened (tables brought up to date) on first use and again
+    after a failure. The replica has two, so a board's look-up never waits behind a send."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.lock = threading.Lock()
+        self._db = None
+
+    def get(self):
+        """The connection; the caller holds `lock`."""
+        if self._db is None or self._db.broken:
+            from station.pg import migrate, open_pg
+
+            self.drop()
+            db = open_pg(self.url)
+            for schema in ALL_PG_SCHEMAS:
+                migrate(db, schema)
+            self._db = db
+        return self._db
+
+    def drop(self) -> None:
+        """Forget the connection (the caller holds `lock`): a connection to a dead server may not even close."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except Exception:  # noqa: BLE001 - it is gone either way
+                pass
+            self._db = None
+
+
 class Replica:
     """Sends one journal file's rows to the PostgreSQL database at `url`; see the module's doc."""
 
@@ -118,8 +149,8 @@ class Replica:
         prepare_file(path)
         self._local = connect(path, SPOOL_SCHEMA)
         self._local_lock = threading.Lock()
-        self._pg = None
-        self._pg_lock = threading.Lock()
+        self._send = _Link(url)  # the sender's
+        self._look = _Link(url)  # the boards' look-ups and serial draws
         self.online = False
         self.last_error = ""
         self.sent = 0  # spool entries applied by this process
@@ -139,7 +170,8 @@ class Replica:
     def start(self) -> "Replica":
         """Sending in the background; the first attempt is made now, so `online` tells at once."""
         try:
-            self._server()
+            with self._send.lock:
+                self._send.get()
             self._set_online(True, "")
         except (StoreError, _pg_errors()) as exc:
             self._set_online(False, _first_line(exc))
@@ -151,10 +183,9 @@ class Replica:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with self._pg_lock:
-            if self._pg is not None:
-                self._pg.close()
-                self._pg = None
+        for link in (self._send, self._look):
+            with link.lock:
+                link.drop()
         with self._local_lock:
             self._local.close()
 
@@ -181,11 +212,11 @@ class Replica:
                 if self.pool is not None:
                     self.pool.top_up()
                 wait = RETRY_S[0]
-                if sent:
-                    continue
-                self._stop.wait(POLL_S)
+                if sent < CHUNK:  # caught up: gather the next entries for a moment (one server commit for many)
+                    self._stop.wait(POLL_S)
             except Exception as exc:  # noqa: BLE001 - the server away, or a row it refuses: said, tried again later
-                self._drop_pg()
+                with self._send.lock:
+                    self._send.drop()
                 self._set_online(False, _first_line(exc))
                 self._stop.wait(wait)
                 wait = min(RETRY_S[1], wait * 2)
@@ -200,11 +231,13 @@ class Replica:
         from station.serials import draw_from
 
         try:
-            db = self._server()
-            with self._pg_lock:
-                return draw_from(db, counter, start, count)
+            with self._look.lock:
+                try:
+                    return draw_from(self._look.get(), counter, start, count)
+                except _pg_errors():
+                    self._look.drop()
+                    raise
         except _pg_errors() as exc:
-            self._drop_pg()
             self._set_online(False, _first_line(exc))
             raise StoreError(f"The station database {self.where} can't be reached ({_first_line(exc)}).") from None
 
@@ -219,23 +252,13 @@ class Replica:
                 rows = [(BY_NAME[tbl], self._local_row(BY_NAME[tbl], key)) for tbl, key in keys]
             finally:
                 self._local.execute("COMMIT")
-        db = self._server()
-        if not entries:
-            return 0
-        last = entries[-1][0]
-        with self._pg_lock, db:
-            db.execute("BEGIN")
-            mark = db.execute("SELECT upto FROM replication WHERE station_id = ? FOR UPDATE",
-                              (self.station_id,)).fetchone()
-            upto = mark[0] if mark else 0
-            if last > upto:
-                fresh = {(tbl, key) for seq, tbl, key in entries if seq > upto}
-                for table, row in rows:
-                    if row is not None and (table.name, _key_text(table, row)) in fresh:
-                        self._upsert(db, table, row)
-                db.execute("INSERT INTO replication (station_id, upto, updated) VALUES (?, ?, ?) ON CONFLICT"
-                           " (station_id) DO UPDATE SET upto = excluded.upto, updated = excluded.updated",
-                           (self.station_id, last, time.time()))
+        with self._send.lock:
+            db = self._send.get()
+            if not entries:
+                return 0
+            last = entries[-1][0]
+            with db:
+                self._apply(db, entries, rows, last)
         with self._local_lock:
             self._local.execute("DELETE FROM spool WHERE seq <= ?", (last,))
         self.sent += len(entries)
@@ -243,47 +266,31 @@ class Replica:
             self._changed.notify_all()
         return len(entries)
 
+    def _apply(self, db, entries: list, rows: list, last: int) -> None:
+        """One transaction: the rows of the entries past this station's mark, then the mark. Grouped by table in
+        the order their keys refer to each other (a batch before its devices, a device before its steps)."""
+        db.execute("BEGIN")
+        mark = db.execute("SELECT upto FROM replication WHERE station_id = ? FOR UPDATE",
+                          (self.station_id,)).fetchone()
+        upto = mark[0] if mark else 0
+        if last <= upto:
+            return  # applied before a crash kept the entries from being deleted here
+        fresh = {(tbl, key) for seq, tbl, key in entries if seq > upto}
+        grouped: dict[str, list[tuple]] = {}
+        for table, row in rows:
+            if row is not None and (table.name, _key_text(table, row)) in fresh:
+                grouped.setdefault(table.name, []).append(
+                    ((self.station_id,) if table.per_station else ()) + tuple(row))
+        for table in TABLES:
+            if table.name in grouped:
+                db.executemany(_upsert_sql(table), grouped[table.name])
+        db.execute("INSERT INTO replication (station_id, upto, updated) VALUES (?, ?, ?) ON CONFLICT"
+                           " (station_id) DO UPDATE SET upto = excluded.upto, updated = excluded.updated",
+                   (self.station_id, last, time.time()))
+
     def _local_row(self, table: Table, key: str) -> tuple | None:
         return self._local.execute(f"SELECT {', '.join(table.columns)} FROM {table.name} WHERE {table.key} = ?",
                                    (key,)).fetchone()
-
-    def _upsert(self, db, table: Table, row: tuple) -> None:
-        columns = (("station_id",) if table.per_station else ()) + table.columns
-        values = ((self.station_id,) if table.per_station else ()) + tuple(row)
-        updates = []
-        for column in columns:
-            if column in table.conflict:
-                continue
-            if table.keep_void and column in ("voided", "void_reason"):
-                updates.append(f"{column} = COALESCE({table.name}.{column}, excluded.{column})")
-            else:
-                updates.append(f"{column} = excluded.{column}")
-        db.execute(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-                   f" ON CONFLICT ({', '.join(table.conflict)}) DO UPDATE SET {', '.join(updates)}", values)
-
-    def _server(self):
-        with self._pg_lock:
-            if self._pg is None or self._pg.broken:
-                from station.pg import open_pg, migrate
-
-                self._drop_pg_locked()
-                db = open_pg(self.url)
-                for schema in ALL_PG_SCHEMAS:
-                    migrate(db, schema)
-                self._pg = db
-            return self._pg
-
-    def _drop_pg(self) -> None:
-        with self._pg_lock:
-            self._drop_pg_locked()
-
-    def _drop_pg_locked(self) -> None:
-        if self._pg is not None:
-            try:
-                self._pg.close()
-            except Exception:  # noqa: BLE001 - a connection to a dead server may fail to close; it is gone anyway
-                pass
-            self._pg = None
 
     # --- reading every station's record -------------------------------------------------------------------------
 
@@ -298,23 +305,26 @@ class Replica:
         else:
             where, args = "c.device_id IN (SELECT id FROM devices WHERE mac = ?)", (mac,)
         try:
-            db = self._server()
-            with self._pg_lock:
-                cert = db.execute(f"SELECT {columns} FROM certificates c WHERE {where} AND c.voided IS NULL"
-                                  f" ORDER BY c.issued DESC LIMIT 1", args).fetchone()
-                if cert is None:
-                    return None
-                record = CertRecord(*cert)
-                device = batch = None
-                if record.device_id:
-                    device = db.execute(f"SELECT {', '.join(BY_NAME['devices'].columns)} FROM devices WHERE id = ?"
-                                        f" AND result <> 'running'", (record.device_id,)).fetchone()
-                    if device is not None:
-                        batch = db.execute(f"SELECT {', '.join(BY_NAME['batches'].columns)} FROM batches"
-                                           f" WHERE id = ?", (device[1],)).fetchone()
+            with self._look.lock:
+                try:
+                    db = self._look.get()
+                    cert = db.execute(f"SELECT {columns} FROM certificates c WHERE {where} AND c.voided IS NULL"
+                                      f" ORDER BY c.issued DESC LIMIT 1", args).fetchone()
+                    if cert is None:
+                        return None
+                    record = CertRecord(*cert)
+                    device = batch = None
+                    if record.device_id:
+                        device = db.execute(f"SELECT {', '.join(BY_NAME['devices'].columns)} FROM devices"
+                                            f" WHERE id = ? AND result <> 'running'", (record.device_id,)).fetchone()
+                        if device is not None:
+                            batch = db.execute(f"SELECT {', '.join(BY_NAME['batches'].columns)} FROM batches"
+                                               f" WHERE id = ?", (device[1],)).fetchone()
+                except (StoreError, _pg_errors()):
+                    self._look.drop()
+                    raise
         except (StoreError, _pg_errors()):
-            self._drop_pg()
-            return None
+            return None  # away: this station's own ledger decides until it is back
         with self._local_lock:
             self._local.execute("BEGIN IMMEDIATE")
             try:
@@ -328,6 +338,16 @@ class Replica:
                 self._local.execute("ROLLBACK")
                 raise
         return record
+
+
+@functools.lru_cache(maxsize=None)
+def _upsert_sql(table: Table) -> str:
+    """Insert the row, or bring the server's copy up to it (a void another station recorded stays)."""
+    columns = (("station_id",) if table.per_station else ()) + table.columns
+    updates = [f"{c} = COALESCE({table.name}.{c}, excluded.{c})" if table.keep_void and c in ("voided", "void_reason")
+               else f"{c} = excluded.{c}" for c in columns if c not in table.conflict]
+    return (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            f" ON CONFLICT ({', '.join(table.conflict)}) DO UPDATE SET {', '.join(updates)}")
 
 
 def _key_text(table: Table, row: tuple) -> str:
