@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from station import events as ev  # noqa: E402
 from station import services  # noqa: E402
 from station.discovery import Discovery  # noqa: E402
 from station.discovery.sim_ports import SimPortSource  # noqa: E402
@@ -69,13 +70,17 @@ def pct(values: list[float], p: float) -> float:
 
 # --- (a) the batch -------------------------------------------------------------------------------------------------
 
-def one_batch(folder: Path, profile, registry: Path, ca: StationCA, url: str | None) -> float:
+def one_batch(folder: Path, profile, registry: Path, ca: StationCA, url: str | None,
+              steps: dict[str, list[float]] | None = None) -> float:
     folder.mkdir(parents=True)
     journal = Journal(folder / services.JOURNAL_FILE)
     replica = services.open_replica(folder, url, f"bench-{folder.name}") if url else None
     engine = services.build_engine(profile, Discovery([SimPortSource(registry)]), journal, data=folder,
                                    operator="bench", station_id=f"bench-{folder.name}", psk="bench-passphrase-42",
                                    ca=ca, reprovision=True, replica=replica)
+    if steps is not None:
+        engine.subscribe(lambda e: steps.setdefault(e.step, []).append(e.seconds) if isinstance(e, ev.StepDone)
+                         else None)
     try:
         began = time.perf_counter()
         summary = asyncio.run(engine.run_batch())
@@ -101,13 +106,14 @@ def bench_batch(tmp: Path, url: str, rounds: int, boards: int) -> float:
     # the boards in their own process (as bench_batch.py does), so their emulation does not share our GIL
     server = start_sim_server(tmp / "registry", tmp, boards, "bench-pg")
     walls: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    steps: dict[str, dict[str, list[float]]] = {"sqlite": {}, "postgresql": {}}
     try:
         one_batch(tmp / "warm", profile, tmp / "registry", ca, url)  # sequence, tables, caches
         for r in range(rounds):
             order = ("sqlite", "postgresql") if r % 2 == 0 else ("postgresql", "sqlite")
             for kind in order:
                 walls[kind].append(one_batch(tmp / f"{kind}-{r}", profile, tmp / "registry", ca,
-                                             url if kind == "postgresql" else None))
+                                             url if kind == "postgresql" else None, steps[kind]))
     finally:
         stop_child(server.proc)
     sq, pg = statistics.median(walls["sqlite"]), statistics.median(walls["postgresql"])
@@ -115,6 +121,9 @@ def bench_batch(tmp: Path, url: str, rounds: int, boards: int) -> float:
     print(f"    journal file alone   median {sq:6.2f} s  ({', '.join(f'{w:.2f}' for w in walls['sqlite'])})")
     print(f"    + factory database   median {pg:6.2f} s  ({', '.join(f'{w:.2f}' for w in walls['postgresql'])})")
     print(f"    ratio PostgreSQL / SQLite = {pg / sq:.3f}  (target <= 1.02)")
+    print("    step medians (s)  " + "  ".join(
+        f"{name} {statistics.median(steps['sqlite'][name]):.3f}/{statistics.median(steps['postgresql'][name]):.3f}"
+        for name in steps["sqlite"] if name in steps["postgresql"]) + "   (file alone / with the database)")
     return pg / sq
 
 
@@ -272,18 +281,24 @@ def main() -> int:
     parser.add_argument("--ports", type=int, default=24)
     parser.add_argument("--devices", type=int, default=3, help="devices per port in (b) and (c)")
     parser.add_argument("--serials", type=int, default=200, help="numbers per station in (d)")
+    parser.add_argument("--parts", default="abcd", help="which measurements to run (default: all)")
     args = parser.parse_args()
     os.environ["STATION_DB_PASSWORD"] = PASSWORD
     tmp = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     server = PgServer().init().start()
     try:
         server.setup_role()
-        ratio = bench_batch(tmp / "a", server.fresh_database(), args.rounds, args.boards)
-        bench_direct(server.fresh_database(), args.stations, args.ports, args.devices)
-        (tmp / "c").mkdir()
-        bench_replicated(tmp / "c", server.fresh_database(), args.stations, args.ports, args.devices)
-        (tmp / "d").mkdir()
-        bench_serials(tmp / "d", server.fresh_database(), args.stations, args.serials)
+        ratio = 1.0
+        if "a" in args.parts:
+            ratio = bench_batch(tmp / "a", server.fresh_database(), args.rounds, args.boards)
+        if "b" in args.parts:
+            bench_direct(server.fresh_database(), args.stations, args.ports, args.devices)
+        if "c" in args.parts:
+            (tmp / "c").mkdir()
+            bench_replicated(tmp / "c", server.fresh_database(), args.stations, args.ports, args.devices)
+        if "d" in args.parts:
+            (tmp / "d").mkdir()
+            bench_serials(tmp / "d", server.fresh_database(), args.stations, args.serials)
     finally:
         server.remove()
         shutil.rmtree(tmp, ignore_errors=True)
