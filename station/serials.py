@@ -74,7 +74,11 @@ def draw_from(db, counter: str, start: int, count: int) -> list[int]:
     with db:
         db.execute("BEGIN")  # stations making the sequence at once: one makes it, the others wait and find it
         db.execute("SELECT pg_advisory_xact_lock(?)", (int(hashlib.sha256(seq.encode()).hexdigest()[:15], 16),))
-        db.execute(f"CREATE SEQUENCE IF NOT EXISTS {seq} START WITH {int(start)} MINVALUE {min(0, int(start))}")
+        if db.execute("SELECT to_regclass(?)", (seq,)).fetchone()[0] is None:
+            # past every number a station recorded before it shared the database (it counted alone then)
+            first = max(int(start), int(db.execute("SELECT COALESCE(MAX(value) + 1, 0) FROM serials WHERE counter = ?",
+                                                   (counter,)).fetchone()[0]))
+            db.execute(f"CREATE SEQUENCE {seq} START WITH {first} MINVALUE {min(0, first)}")
         db.execute("INSERT INTO counters (counter, sequence, start) VALUES (?, ?, ?) ON CONFLICT (counter) DO NOTHING",
                    (counter, seq, start))
     return [int(r[0]) for r in db.execute(f"SELECT nextval('{seq}') FROM generate_series(1, ?)", (count,))]
