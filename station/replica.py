@@ -19,6 +19,7 @@ travels back up through the spool.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -209,8 +210,7 @@ class Replica:
             try:
                 sent = self.send_once()
                 self._set_online(True, "")
-                if self.pool is not None:
-                    self.pool.top_up()
+                self._top_up()
                 wait = RETRY_S[0]
                 if sent < CHUNK:  # caught up: gather the next entries for a moment (one server commit for many)
                     self._stop.wait(POLL_S)
@@ -220,6 +220,14 @@ class Replica:
                 self._set_online(False, _first_line(exc))
                 self._stop.wait(wait)
                 wait = min(RETRY_S[1], wait * 2)
+
+    def _top_up(self) -> None:
+        pool = self.pool
+        if pool is not None:
+            try:
+                pool.top_up()
+            except (StoreError, sqlite3.ProgrammingError):
+                pass  # the server went away (the next send says so), or the engine closed its pool meanwhile
 
     def _set_online(self, online: bool, error: str) -> None:
         self.online, self.last_error = online, error

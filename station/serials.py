@@ -97,6 +97,7 @@ class SerialPool:
 
     def close(self) -> None:
         with self._lock:
+            self.draw, self._counters = None, {}  # the replica may still hold this pool: it tops up nothing now
             self._db.close()
 
     def use(self, counter: str, start: int) -> None:
@@ -144,8 +145,13 @@ class SerialPool:
             missing = self.ahead - self.reserved(name)
             if missing <= 0:
                 continue
-            numbers = self.draw(name, self._counters.get(name, 1), missing)
+            draw = self.draw
+            if draw is None:
+                return  # closed meanwhile
+            numbers = draw(name, self._counters.get(name, 1), missing)
             with self._lock, self._db:
+                if self.draw is None:
+                    return  # closed while drawing: those numbers are skipped, never reused
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany("INSERT OR IGNORE INTO serials (counter, value, state) VALUES (?, ?, ?)",
                                      [(name, n, RESERVED) for n in numbers])
