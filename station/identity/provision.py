@@ -53,7 +53,8 @@ def plan_identity(spec: IdentitySpec, board: BoardInfo, ledger: Ledger, reprovis
         serial = render_serial(spec.certificate, facts)
     except ValueError as exc:
         raise StepFailed(str(exc)) from exc
-    live = ledger.find_subject(serial) or live
+    if live is None and "counter" not in facts:  # a number just taken is live nowhere: no need to ask
+        live = ledger.find_subject(serial)
     if live is not None and not reprovision:
         raise StepFailed(ledger.already_provisioned_message(live))
     return IdentityPlan(spec, facts, serial, store, target, replaces=live.serial_hex if live else None)
