@@ -149,6 +149,10 @@ class Replica:
         self.path, self.url, self.station_id = path, url, station_id
         prepare_file(path)
         self._local = connect(path, SPOOL_SCHEMA)
+        # Its own writes need no fsync of their own, so they never hold the file's write lock through one while
+        # a board commits: a deleted spool entry lost to a power cut is sent again and skipped (the mark), and a
+        # copy of another station's record is fetched again. The boards' commits stay synchronous=FULL.
+        self._local.execute("PRAGMA synchronous=NORMAL")
         self._local_lock = threading.Lock()
         self._send = _Link(url)  # the sender's
         self._look = _Link(url)  # the boards' look-ups and serial draws

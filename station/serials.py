@@ -137,14 +137,16 @@ class SerialPool:
                                     (counter, RESERVED)).fetchone()[0]
 
     def top_up(self, counter: str | None = None) -> None:
-        """Draw from the shared sequence until `ahead` numbers are reserved (each counter in use, or one).
+        """Draw from the shared sequence until `ahead` numbers are reserved: for one counter now, or (no
+        `counter`) for each counter in use once it is down to half.
         Errors (the database away) propagate to the caller; the numbers drawn are recorded before return."""
         if self.draw is None:
             return
         for name in ([counter] if counter else list(self._counters)):
-            missing = self.ahead - self.reserved(name)
-            if missing <= 0:
-                continue
+            have = self.reserved(name)
+            if have >= self.ahead or (counter is None and have > self.ahead // 2):
+                continue  # in the background, refill in blocks at half: fewer commits beside the boards'
+            missing = self.ahead - have
             draw = self.draw
             if draw is None:
                 return  # closed meanwhile

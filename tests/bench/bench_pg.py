@@ -7,7 +7,8 @@ Not a pytest test. A real PostgreSQL server (Debian's binaries, tests/pg_server.
 for the run and stopped by PID at the end. Every number comes from this one run, measured side by side.
 
 (a) batch ratio: the same batch of emulated ESP32 boards (`station sim esp --baud-throttle` in its own process,
-    the real line rate; the counter profile: identity, {counter} serials, a fresh journal file per run, re-provisioning) with the
+    the real line rate; the counter profile: identity, {counter} serials, each kind its own station folder kept
+    across runs, so every measured batch re-provisions boards its station knows) with the
     station's journal file alone, and with the factory database (replica + shared counter + the guard across
     stations); rounds alternate. Ratio = median wall with PostgreSQL / median wall with SQLite, target <= 1.02.
 (b) 20 stations x 24 ports of journal traffic straight into one server: each station one connection (the
@@ -72,7 +73,7 @@ def pct(values: list[float], p: float) -> float:
 
 def one_batch(folder: Path, profile, registry: Path, ca: StationCA, url: str | None,
               steps: dict[str, list[float]] | None = None) -> float:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     journal = Journal(folder / services.JOURNAL_FILE)
     replica = services.open_replica(folder, url, f"bench-{folder.name}") if url else None
     engine = services.build_engine(profile, Discovery([SimPortSource(registry)]), journal, data=folder,
@@ -108,11 +109,14 @@ def bench_batch(tmp: Path, url: str, rounds: int, boards: int) -> float:
     walls: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
     steps: dict[str, dict[str, list[float]]] = {"sqlite": {}, "postgresql": {}}
     try:
-        one_batch(tmp / "warm", profile, tmp / "registry", ca, url)  # sequence, tables, caches
+        # each kind keeps its station's folder, as a station does: after the warm-up run every batch re-provisions
+        # boards its journal knows (the same work both ways: the old certificate voided, a new number taken)
+        for kind in ("sqlite", "postgresql"):
+            one_batch(tmp / kind, profile, tmp / "registry", ca, url if kind == "postgresql" else None)
         for r in range(rounds):
             order = ("sqlite", "postgresql") if r % 2 == 0 else ("postgresql", "sqlite")
             for kind in order:
-                walls[kind].append(one_batch(tmp / f"{kind}-{r}", profile, tmp / "registry", ca,
+                walls[kind].append(one_batch(tmp / kind, profile, tmp / "registry", ca,
                                              url if kind == "postgresql" else None, steps[kind]))
     finally:
         stop_child(server.proc)
