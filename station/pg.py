@@ -92,18 +92,35 @@ def _dialect(sql: str) -> str:
 
 
 class PgConnection:
-    """What the stores use of sqlite3.Connection, on PostgreSQL."""
+    """What the stores use of sqlite3.Connection, on PostgreSQL. A connection the server dropped is opened
+    again for the next statement that starts something (never inside a transaction: that one is lost, and
+    says so), so a reader outlives a server restart."""
 
     def __init__(self, conn: psycopg.Connection, url: str):
         self._conn = conn
         self.url = url
+        self._open_tx = False  # a BEGIN of ours is open
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> psycopg.Cursor:
+        statement = _dialect(sql)
+        if self.broken:
+            if self._open_tx:
+                raise StoreError(f"The station database {redact(self.url)} went away during a transaction; it "
+                                 f"was not committed.")
+            self._conn = _connect(self.url)
         cur = self._conn.cursor()
         try:
-            cur.execute(_dialect(sql), tuple(args))
+            cur.execute(statement, tuple(args))
         except psycopg.IntegrityError as exc:
             raise IntegrityError(str(exc).splitlines()[0]) from None
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"The station database {redact(self.url)} went away ({_first_line(exc)}); it is "
+                             f"tried again on the next read.") from None
+        word = statement.lstrip()[:8].upper()
+        if word.startswith("BEGIN"):
+            self._open_tx = True
+        elif word.startswith(("COMMIT", "ROLLBACK")):
+            self._open_tx = False
         return cur
 
     def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> psycopg.Cursor:
@@ -126,6 +143,7 @@ class PgConnection:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         """As sqlite3's: commit what the block opened, or roll it back on an error; the connection stays open."""
+        self._open_tx = False
         if self.in_transaction and not self.broken:
             self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
@@ -133,17 +151,24 @@ class PgConnection:
         self._conn.close()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _connect(url: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, password=password(url),
+                               row_factory=_row_factory, application_name="provisioning-station")
+    except psycopg.Error as exc:
+        raise StoreError(f"The station database {redact(url)} can't be reached ({_first_line(exc)}); check the "
+                         f"server, the URL and the password ({PASSWORD_ENV} or the keyring).") from None
+
+
 def open_pg(url: str) -> PgConnection:
     """A connection to the database at `url`, or StoreError naming the server and the fix."""
     check_url(url)
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, password=password(url),
-                               row_factory=_row_factory, application_name="provisioning-station")
-    except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"The station database {redact(url)} can't be reached ({reason}); check the server, the "
-                         f"URL and the password ({PASSWORD_ENV} or the keyring).") from None
-    return PgConnection(conn, url)
+    return PgConnection(_connect(url), url)
 
 
 def connect_pg(url: str, schema: Schema) -> PgConnection:

@@ -246,10 +246,10 @@ class Replica:
             with self._look.lock:
                 try:
                     return draw_from(self._look.get(), counter, start, count)
-                except _pg_errors():
+                except (StoreError, _pg_errors()):
                     self._look.drop()
                     raise
-        except _pg_errors() as exc:
+        except (StoreError, _pg_errors()) as exc:
             self._set_online(False, _first_line(exc))
             raise StoreError(f"The station database {self.where} can't be reached ({_first_line(exc)}).") from None
 

@@ -135,3 +135,21 @@ def test_numbers_reserved_ahead_carry_the_line_while_the_server_is_down(tmp_path
     assert len(set(taken)) == 3 and taken == sorted(taken)
     pool.close()
     replica.close()
+
+
+def test_a_reader_of_the_factory_record_outlives_a_server_restart(pg_url, pg_server):
+    from station.store import StoreError
+
+    journal = Journal(pg_url)
+    try:
+        batch = journal.start_batch("p", "00" * 32, "batch", "alice", "st-c")
+        journal.start_device(batch, "1-1", "303a:1001", "esp")
+        pg_server.kill()
+        try:
+            with pytest.raises(StoreError, match="went away"):
+                journal.devices()
+        finally:
+            pg_server.start()
+        assert [d.station_id for d in journal.devices()] == ["st-c"]  # opened again for the next read
+    finally:
+        journal.close()

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from station.journal import BatchRow, DeviceRow, Journal, StepRow
+from station.store import StoreError
 from ui import theme
 from ui.bridge import EngineBridge
 from ui.state import Phase
@@ -340,7 +341,12 @@ class HistoryPage(QWidget):
         """Read the journal (in the executor) into the table; returns the number of devices."""
         async with self._loading:
             self._stale = False
-            rows, batches = await asyncio.get_running_loop().run_in_executor(None, self._read)
+            try:
+                rows, batches = await asyncio.get_running_loop().run_in_executor(None, self._read)
+            except StoreError as exc:  # the factory database away: the table keeps what it showed
+                self._stale = True
+                self.bridge.note(f"history: {exc}", "warning")
+                return self.model.rowCount()
             current = self.table.currentIndex()
             keep = current.data(Qt.ItemDataRole.UserRole).device.id if current.isValid() else None
             self.model.set_rows(rows)
