@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from station.families.esp.sim.fleet import demo_fleet
 from station.families.esp.sim.server import EspSimServer
@@ -133,6 +132,11 @@ def test_three_stations_at_once_share_one_counter_and_one_verifiable_export(tmp_
     assert numbers["used"] == sorted(int(r["identity"]["subject_serial"][2:]) for r in records if r["result"] == "pass")
     failed = next(r for r in records if r["result"] == "fail")
     assert numbers["void"] == [int(failed["identity"]["subject_serial"][2:])]  # recorded void, not reissued
+
+    status = station(stations[0][0], "db", "status", url=pg_url)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert all(f"station {sid}: 3 devices" in status.stdout for sid in ids)
+    assert "0 journal entries wait" in status.stdout and "warning" not in status.stdout
 
     # station 1's boards, plugged in at station 2: already provisioned there, refused before a byte is written
     again = EspSimServer(demo_fleet(3, seed=1), registry_dir=tmp_path / "again").start()

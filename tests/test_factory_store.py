@@ -1,7 +1,6 @@
 """The stores on both back ends (the journal file and a real PostgreSQL server), the spool's exactly-once, and
 the {counter} numbers: never reused, void when a board fails, a reserve that carries the line while the server
 is down."""
-import json
 import sqlite3
 
 import pytest
