@@ -78,7 +78,7 @@ def status(ctx):
     click.echo(f"database: {redact(url)}")
     click.echo("tables: " + ("up to date" if not behind else f"not up to date ({', '.join(behind)}): run "
                                                               f"`station db migrate`"))
-    for sid, upto, updated, devices in info.get("stations", []):
+    for sid, updated, devices in info.get("stations", []):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(updated))
         click.echo(f"station {sid}: {devices} devices, last record {when}")
     click.echo(f"this station ({station_id(base)}): {spool} journal entries wait in its spool")

@@ -42,7 +42,8 @@ class Table:
     key: str  # the local key the spool holds (an SQL expression over NEW / the row)
     columns: tuple[str, ...]
     conflict: tuple[str, ...]  # the PostgreSQL key
-    per_station: bool = False  # the row carries the station (steps, registrations: part of their key)
+    stamp: str = ""  # a column the server adds: "stream" (ids a journal file counts itself: part of the key)
+    #                  or "station_id" (who took a serial number)
     keep_void: bool = False  # a void recorded by another station is not undone
 
 
@@ -52,13 +53,13 @@ TABLES = (
     Table("devices", "id", ("id", "batch_id", "port", "usb_id", "family", "chip", "mac", "board", "images",
                             "identity", "result", "reason", "started", "ended"), ("id",)),
     Table("steps", "id", ("id", "device_id", "name", "attempt", "started", "ended", "result", "detail"),
-          ("station_id", "id"), per_station=True),
+          ("stream", "id"), stamp="stream"),
     Table("certificates", "serial_hex", tuple(c.strip() for c in ledger_store.COLUMNS.split(",")), ("serial_hex",),
           keep_void=True),
-    Table("registrations", "id", tuple(c.strip() for c in outbox_store._COLUMNS.split(",")), ("station_id", "id"),
-          per_station=True),
+    Table("registrations", "id", tuple(c.strip() for c in outbox_store._COLUMNS.split(",")), ("stream", "id"),
+          stamp="stream"),
     Table("serials", "counter || '/' || value", ("counter", "value", "state", "device_id", "taken"),
-          ("counter", "value"), per_station=True),
+          ("counter", "value"), stamp="station_id"),
 )
 BY_NAME = {t.name: t for t in TABLES}
 
@@ -71,7 +72,11 @@ def _spool_v1() -> str:
     seed = "".join(f"INSERT INTO spool (tbl, key) SELECT '{t.name}', {t.key} FROM {t.name} ORDER BY rowid;\n"
                    for t in TABLES)
     return ("CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL,"
-            " key TEXT NOT NULL);\n" + triggers + seed)
+            " key TEXT NOT NULL);\n"
+            # this file's stream: a journal file that replaces a lost one counts its ids and entries from 1 again
+            "CREATE TABLE IF NOT EXISTS spool_stream (id TEXT NOT NULL);\n"
+            "INSERT INTO spool_stream (id) SELECT lower(hex(randomblob(8))) WHERE NOT EXISTS"
+            " (SELECT 1 FROM spool_stream);\n" + triggers + seed)
 
 
 def _new(expression: str) -> str:
@@ -82,11 +87,12 @@ def _new(expression: str) -> str:
 # row the file holds, so a station's history goes up when it is first pointed at the server.
 SPOOL_SCHEMA = Schema("spool", (_spool_v1(),))
 
-# What only the shared database has: each station's mark (the last spool entry applied).
+# What only the shared database has: each journal file's mark (the last spool entry applied).
 FACTORY_SCHEMA = Schema("factory", (), postgres=("""
 CREATE TABLE IF NOT EXISTS replication (
-    station_id TEXT PRIMARY KEY,
-    upto BIGINT NOT NULL,                         -- the last spool entry of this station applied here
+    stream TEXT PRIMARY KEY,                      -- "station id/file id": one journal file of one station
+    station_id TEXT NOT NULL,
+    upto BIGINT NOT NULL,                         -- the last spool entry of that file applied here
     updated DOUBLE PRECISION NOT NULL
 );
 """,))
@@ -153,6 +159,8 @@ class Replica:
         # a board commits: a deleted spool entry lost to a power cut is sent again and skipped (the mark), and a
         # copy of another station's record is fetched again. The boards' commits stay synchronous=FULL.
         self._local.execute("PRAGMA synchronous=NORMAL")
+        (file_id,) = self._local.execute("SELECT id FROM spool_stream").fetchone()
+        self.stream = f"{station_id}/{file_id}"  # the server's mark and per-file ids are this file's
         self._local_lock = threading.Lock()
         self._send = _Link(url)  # the sender's
         self._look = _Link(url)  # the boards' look-ups and serial draws
@@ -282,8 +290,7 @@ class Replica:
         """One transaction: the rows of the entries past this station's mark, then the mark. Grouped by table in
         the order their keys refer to each other (a batch before its devices, a device before its steps)."""
         db.execute("BEGIN")
-        mark = db.execute("SELECT upto FROM replication WHERE station_id = ? FOR UPDATE",
-                          (self.station_id,)).fetchone()
+        mark = db.execute("SELECT upto FROM replication WHERE stream = ? FOR UPDATE", (self.stream,)).fetchone()
         upto = mark[0] if mark else 0
         if last <= upto:
             return  # applied before a crash kept the entries from being deleted here
@@ -292,13 +299,16 @@ class Replica:
         for table, row in rows:
             if row is not None and (table.name, _key_text(table, row)) in fresh:
                 grouped.setdefault(table.name, []).append(
-                    ((self.station_id,) if table.per_station else ()) + tuple(row))
+                    self._stamp(table) + tuple(row))
         for table in TABLES:
             if table.name in grouped:
                 db.executemany(_upsert_sql(table), grouped[table.name])
-        db.execute("INSERT INTO replication (station_id, upto, updated) VALUES (?, ?, ?) ON CONFLICT"
-                           " (station_id) DO UPDATE SET upto = excluded.upto, updated = excluded.updated",
-                   (self.station_id, last, time.time()))
+        db.execute("INSERT INTO replication (stream, station_id, upto, updated) VALUES (?, ?, ?, ?) ON CONFLICT"
+                   " (stream) DO UPDATE SET upto = excluded.upto, updated = excluded.updated",
+                   (self.stream, self.station_id, last, time.time()))
+
+    def _stamp(self, table: Table) -> tuple:
+        return {"": (), "stream": (self.stream,), "station_id": (self.station_id,)}[table.stamp]
 
     def _local_row(self, table: Table, key: str) -> tuple | None:
         return self._local.execute(f"SELECT {', '.join(table.columns)} FROM {table.name} WHERE {table.key} = ?",
@@ -355,7 +365,7 @@ class Replica:
 @functools.lru_cache(maxsize=None)
 def _upsert_sql(table: Table) -> str:
     """Insert the row, or bring the server's copy up to it (a void another station recorded stays)."""
-    columns = (("station_id",) if table.per_station else ()) + table.columns
+    columns = ((table.stamp,) if table.stamp else ()) + table.columns
     updates = [f"{c} = COALESCE({table.name}.{c}, excluded.{c})" if table.keep_void and c in ("voided", "void_reason")
                else f"{c} = excluded.{c}" for c in columns if c not in table.conflict]
     return (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -387,8 +397,9 @@ def status(url: str) -> dict:
         info: dict = {"versions": found, "expected": {s.name: len(s.postgres) for s in ALL_PG_SCHEMAS}}
         if found.get("factory"):
             info["stations"] = [tuple(r) for r in db.execute(
-                "SELECT r.station_id, r.upto, r.updated, (SELECT COUNT(*) FROM devices d JOIN batches b ON"
-                " b.id = d.batch_id WHERE b.station_id = r.station_id) FROM replication r ORDER BY 1")]
+                "SELECT r.station_id, MAX(r.updated), (SELECT COUNT(*) FROM devices d JOIN batches b ON"
+                " b.id = d.batch_id WHERE b.station_id = r.station_id) FROM replication r GROUP BY r.station_id"
+                " ORDER BY 1")]
             info["twice_live"] = [r[0] for r in db.execute(
                 "SELECT subject_serial FROM certificates WHERE voided IS NULL GROUP BY subject_serial"
                 " HAVING COUNT(*) > 1")]

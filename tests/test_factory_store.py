@@ -152,3 +152,26 @@ def test_a_reader_of_the_factory_record_outlives_a_server_restart(pg_url, pg_ser
         assert [d.station_id for d in journal.devices()] == ["st-c"]  # opened again for the next read
     finally:
         journal.close()
+
+
+def test_a_new_journal_file_of_the_same_station_hands_in_its_rows_beside_the_old_ones(tmp_path, pg_url):
+    """A station whose journal file was moved away starts a new one, whose ids and spool count from 1 again:
+    its rows arrive beside the old file's, none skipped, none overwritten."""
+    import psycopg
+
+    from tests.pg_server import PASSWORD
+
+    for name in ("old", "new"):
+        path = tmp_path / name / "journal.sqlite3"
+        journal = Journal(path)
+        replica = Replica(path, pg_url, "st-d")
+        batch = journal.start_batch("p", "00" * 32, "batch", "alice", "st-d", lot=name)
+        device = journal.start_device(batch, "1-1", "303a:1001", "esp")
+        journal.end_step(journal.start_step(device, "detect", 1), True, f"from the {name} file")
+        assert replica.send_once() == 4  # batch, device, step started, step ended
+        replica.close()
+        journal.close()
+    with psycopg.connect(pg_url, password=PASSWORD) as db:
+        details = sorted(r[0] for r in db.execute("SELECT detail FROM steps"))
+        assert details == ["from the new file", "from the old file"]
+        assert db.execute("SELECT COUNT(*) FROM replication WHERE station_id = 'st-d'").fetchone()[0] == 2

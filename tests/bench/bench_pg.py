@@ -43,7 +43,6 @@ from station.discovery import Discovery  # noqa: E402
 from station.discovery.sim_ports import SimPortSource  # noqa: E402
 from station.identity.ca import StationCA  # noqa: E402
 from station.journal import Journal  # noqa: E402
-from station.profile_library import shipped_profiles_dir  # noqa: E402
 from station.profiles import load_profile  # noqa: E402
 from station.replica import Replica  # noqa: E402
 from station.serials import SerialPool, draw_from  # noqa: E402
@@ -56,7 +55,7 @@ STEPS = ("detect", "check", "flash", "write-data", "verify", "reset")
 
 
 def counter_profile(folder: Path):
-    shipped = shipped_profiles_dir() / "demo-mixed.toml"
+    shipped = REPO / "profiles" / "demo-mixed.toml"
     text = shipped.read_text().replace('file = "firmware/', f'file = "{shipped.parent}/firmware/')
     text = text.replace('serial_template = "{chip}-{mac_hex}"', 'serial_template = "SN{counter:06d}"')
     path = folder / "counter.toml"
@@ -183,7 +182,7 @@ def bench_replicated(tmp: Path, url: str, stations: int, ports: int, devices: in
     local: list[float] = []
     lock = threading.Lock()
 
-    def port(journal: Journal, sid: str, batch: str, index: int) -> None:
+    def port(journal: Journal, stream: str, batch: str, index: int) -> None:
         mine, lat = {}, []
         for _ in range(devices):
             device = journal.start_device(batch, f"1-{index}", "303a:1001", "esp")
@@ -193,15 +192,15 @@ def bench_replicated(tmp: Path, url: str, stations: int, ports: int, devices: in
                 journal.end_step(step_id, True, "ok")
                 now = time.perf_counter()
                 lat.append(now - t0)
-                mine[(sid, step_id)] = time.time()
+                mine[(stream, step_id)] = time.time()
         with lock:
             ended.update(mine)
             local.extend(lat)
 
     sids = [f"replicated-{i}" for i in range(stations)]
     batches = [j.start_batch("bench", "0" * 64, "batch", "bench", sid) for j, sid in zip(journals, sids)]
-    threads = [threading.Thread(target=port, args=(j, s, b, p))
-               for j, s, b in zip(journals, sids, batches) for p in range(ports)]
+    threads = [threading.Thread(target=port, args=(j, r.stream, b, p))
+               for j, r, b in zip(journals, replicas, batches) for p in range(ports)]
     arrived: dict[tuple[str, int], float] = {}
     stop = threading.Event()
 
@@ -209,12 +208,12 @@ def bench_replicated(tmp: Path, url: str, stations: int, ports: int, devices: in
         with psycopg.connect(url, password=PASSWORD, autocommit=True) as db:
             while not stop.is_set():
                 now = time.time()
-                for sid, step_id in db.execute("SELECT station_id, id FROM steps WHERE ended IS NOT NULL"):
-                    arrived.setdefault((sid, step_id), now)
+                for stream, step_id in db.execute("SELECT stream, id FROM steps WHERE ended IS NOT NULL"):
+                    arrived.setdefault((stream, step_id), now)
                 stop.wait(0.02)
             now = time.time()  # what arrived since the last look (the replicas are flushed by now)
-            for sid, step_id in db.execute("SELECT station_id, id FROM steps WHERE ended IS NOT NULL"):
-                arrived.setdefault((sid, step_id), now)
+            for stream, step_id in db.execute("SELECT stream, id FROM steps WHERE ended IS NOT NULL"):
+                arrived.setdefault((stream, step_id), now)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
