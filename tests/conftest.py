@@ -72,14 +72,14 @@ def stations(tmp_path, arun, qtbot):
 
     made = []
 
-    def open_station(boards, profile, *, plug=True, prefix="sim-1", ca_provider=None, before_start=None):
+    def open_station(boards, profile, *, plug=True, prefix="sim-1", ca_provider=None, before_start=None, db=None):
         registry = tmp_path / "registry"
         registry.mkdir(exist_ok=True)
         server = EspSimServer(boards, registry_dir=registry, location_prefix=prefix)
         if plug:
             server.start()
         station = Station(tmp_path / "data", [SimPortSource(registry)], profile=profile, operator="tester",
-                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100)
+                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100, db=db)
         if ca_provider is not None:
             station.controller.ca_provider = ca_provider
         if before_start is not None:
