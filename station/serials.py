@@ -106,6 +106,8 @@ class SerialPool:
 
     def take(self, counter: str, start: int, device_id: str) -> int:
         """The board's number: the one it took already (a retried step), else a new one, recorded as used."""
+        if not device_id:
+            raise ValueError("a serial number is taken for a device: pass its journal id")
         self.use(counter, start)
         with self._lock:
             row = self._db.execute("SELECT value FROM serials WHERE counter = ? AND device_id = ? AND state = ?",

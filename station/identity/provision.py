@@ -37,7 +37,8 @@ def board_facts(board: BoardInfo) -> dict:
 
 
 def plan_identity(spec: IdentitySpec, board: BoardInfo, ledger: Ledger, reprovision: bool, store: str,
-                  target: Any, device_id: str = "") -> IdentityPlan:
+                  target: Any, device_id: str) -> IdentityPlan:
+    """`device_id`: the journal's id of this board; a {counter} number taken is recorded against it."""
     facts = board_facts(board)
     live = None
     if uses_counter(spec.certificate):  # the number names no board: the board is known by its MAC
