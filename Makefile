@@ -7,7 +7,7 @@ export QT_QPA_PLATFORM ?= offscreen
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py packaging/setup-debian.sh
+$(VENV)/.installed: pyproject.toml setup.py packaging/setup-debian.sh tests/tools/particle-cli/package.json
 	bash packaging/setup-debian.sh
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip

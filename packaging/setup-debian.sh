@@ -17,11 +17,27 @@ packages=(
   xvfb xauth                                 # the window without a display: make demo, make screenshots
 )
 
+# node + npm for the tests' particle-cli (tests/tools/particle-cli); a Node.js from elsewhere (nodesource) will do
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+
+particle_cli() {
+  local dir
+  dir="$(dirname "$0")/../tests/tools/particle-cli"
+  [ -x "$dir/node_modules/.bin/particle" ] && return 0
+  echo "setup: installing particle-cli for the tests into $dir (npm)"
+  npm install --prefix "$dir" --no-audit --no-fund --loglevel=error
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+  particle_cli
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
@@ -41,3 +57,4 @@ fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/dev/null; then
   $SUDO systemctl disable --now postgresql || true
 fi
+particle_cli

@@ -11,7 +11,7 @@ import click
 
 from station import services
 from station.cloud import CloudError
-from station.cloud.cli import cloud
+from station.cloud.cli import cloud, ota
 from station.db_cli import db
 from station.discovery import Discovery, PortSource, hub_sources
 from station.discovery.static_ports import StaticPortSource
@@ -59,6 +59,7 @@ def main(ctx: click.Context, data_dir: str | None, db_url: str | None) -> None:
 main.add_command(sim)
 main.add_command(ca)
 main.add_command(cloud)
+main.add_command(ota)
 main.add_command(db)
 
 

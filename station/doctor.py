@@ -91,7 +91,7 @@ def check_token(facts: BenchFacts) -> list[Problem]:
 def check_libusb(facts: BenchFacts) -> list[Problem]:
     if facts.libusb:
         return []
-    dfu = [f.title for f in FAMILIES.values() if f.transport == "usb"]
+    dfu = [f.title for f in FAMILIES.values() if any(f.transport_of(i) == "usb" for i in f.usb_ids)]
     return [Problem(f"pyusb finds no libusb: {', '.join(dfu)} boards can't be found or flashed",
                     "sudo apt install libusb-1.0-0")]
 

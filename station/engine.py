@@ -32,6 +32,11 @@ from station.voiding import identity_of, void_in_transaction
 Listener = Callable[[ev.Event], None]
 
 
+def _enumeration(port: PortInfo) -> tuple:
+    """What changes when the device at a USB location re-enumerates as another one."""
+    return port.url, port.vid, port.pid
+
+
 @dataclass
 class BatchSummary:
     batch_id: str
@@ -77,6 +82,8 @@ class Engine:
         self.prompt_timeout = 300.0  # seconds an operator has to act on a prompt
         self.probe_interval = 1.0  # seconds between asking a prompted board whether the person has acted
         self._departures: dict[PortKey, int] = {}  # how often each port has left the bus: a re-enumeration
+        self._port_waits: dict[PortKey, concurrent.futures.Future] = {}  # a step waiting for its board to return
+        self._stopping: set[PortKey] = set()  # ports whose worker is being stopped: a wait it starts ends at once
 
     # --- events -------------------------------------------------------------------------------------------
 
@@ -102,8 +109,11 @@ class Engine:
         """Look at the ports once; publish what appeared and what went. Returns (appeared, gone)."""
         self._bind_loop()
         now = await self._loop.run_in_executor(self.pool, self.discovery.scan)
-        appeared = [p for k, p in now.items() if k not in self.present]
-        gone = [k for k in self.present if k not in now]
+        # a board that re-enumerated between two scans (a mode switch: another USB device at the same location)
+        # left and came back, as a slower one is seen to
+        moved = [k for k, p in now.items() if k in self.present and _enumeration(p) != _enumeration(self.present[k])]
+        appeared = [p for k, p in now.items() if k not in self.present] + [now[k] for k in moved]
+        gone = [k for k in self.present if k not in now] + moved
         self.present = now
         for key in gone:
             self._departures[key] = self._departures.get(key, 0) + 1
@@ -280,7 +290,8 @@ class Engine:
                                       progress=self._progress_reporter(key))
         self._sessions[key] = session
         ctx = DeviceContext(port=port, profile=self.profile, session=session, pool=self.pool, device_id=device_id,
-                            psk=self._psk, ca=self.ca, ledger=self.ledger, reprovision=self.reprovision)
+                            psk=self._psk, ca=self.ca, ledger=self.ledger, reprovision=self.reprovision,
+                            port_now=lambda: self.present.get(key), await_port=self._port_waiter(key))
         result, reason = Result.PASS, ""
         try:
             for index, step in enumerate(steps):
@@ -298,7 +309,13 @@ class Engine:
         finally:
             session.close()
             self._sessions.pop(key, None)
-        queued = await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
+        try:
+            queued = await asyncio.shield(loop.run_in_executor(self.pool, self._record_end, ctx, result, reason))
+        except Exception as exc:  # noqa: BLE001 - the journal refused (disk full, I/O error): its transaction rolled back
+            queued, result = False, Result.FAIL
+            reason = one_line(f"The board's result could not be written to the journal ({type(exc).__name__}: "
+                              f"{exc}); free disk space or check the journal file, then provision this board again")
+            self._publish(ev.Log(key, "error", reason))
         if result is Result.PASS:
             summary.passed.append(key)
         else:
@@ -344,6 +361,12 @@ class Engine:
                         replaces_serial=int(plan.replaces, 16) if plan.replaces else None)
                     add_row(db, ctx.device_id, self.profile.cloud.registrar, registration)
                     queued = True
+            if ctx.key_record is not None:
+                write_identity(db, ctx.device_id, ctx.key_record)
+                if result is Result.PASS and ctx.registration is not None and self.outbox is not None \
+                        and self.profile.cloud is not None:
+                    add_row(db, ctx.device_id, self.profile.cloud.registrar, ctx.registration)
+                    queued = True
             write_end(db, ctx.device_id, result, reason)
         if queued:
             self.outbox.kick()
@@ -363,7 +386,7 @@ class Engine:
             void_in_transaction(db, old.device_id, identity, serial, f"re-provisioned as device {device_id}")
 
     async def _run_step(self, ctx: DeviceContext, device_id: str, step: Step, index: int) -> None:
-        policy = self.profile.steps[step.name]
+        policy = self.profile.steps[ctx.port.family][step.name]
         key = ctx.port.key
         attempt = 0
         while True:
@@ -437,9 +460,47 @@ class Engine:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
+            key = ctx.port.key
+            self._stopping.add(key)
             ctx.session.abort()
+            waiting = self._port_waits.get(key)
+            if waiting is not None:
+                waiting.cancel()
             await asyncio.gather(future, return_exceptions=True)
+            self._stopping.discard(key)
             raise
+
+    def _port_waiter(self, key: PortKey) -> Callable[[Callable[[PortInfo], bool], float], PortInfo | None]:
+        """DeviceContext.await_port for the board at `key`: called in the port's worker, waits on the loop."""
+
+        def wait(wanted: Callable[[PortInfo], bool], timeout: float) -> PortInfo | None:
+            assert self._loop is not None
+            future = asyncio.run_coroutine_threadsafe(self._await_port(key, wanted, timeout), self._loop)
+            self._port_waits[key] = future
+            if key in self._stopping:  # stopped just before the wait began
+                future.cancel()
+            try:
+                return future.result()
+            except concurrent.futures.CancelledError:
+                raise StepFailed("Stopped while waiting for the board to come back") from None
+            finally:
+                self._port_waits.pop(key, None)
+
+        return wait
+
+    async def _await_port(self, key: PortKey, wanted: Callable[[PortInfo], bool], timeout: float
+                          ) -> PortInfo | None:
+        """The board at `key` once a scan shows it as `wanted`; None after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            port = self.present.get(key)
+            if port is not None and wanted(port):
+                return port
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await self._port_change(left)
 
     async def _port_change(self, timeout: float) -> None:
         """Return after the next scan of the ports, or after `timeout` seconds."""

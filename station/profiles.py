@@ -74,7 +74,7 @@ class Profile:
     firmware: dict[str, Any]  # chip name -> the chip's family's firmware set
     options: dict[str, Any]  # family name -> that family's share of the tables
     wifi: WifiSpec | None
-    steps: dict[str, StepPolicy]
+    steps: dict[str, dict[str, StepPolicy]]  # family name -> step name -> policy
     identity: IdentitySpec | None = None
     cloud: CloudSpec | None = None
 
@@ -114,9 +114,19 @@ class Profile:
         if self.cloud:
             lines.append(f"Cloud: registered with {self.cloud.registrar}" + (f" at {self.cloud.url}" if self.cloud.url
                                                                               else ""))
+            lines += [f"  except {chips}: {note}" for chips, note in self._unregistered()]
         else:
             lines.append("Cloud: none")
         return lines
+
+    def _unregistered(self) -> list[tuple[str, str]]:
+        """(chips, why) for boards whose family can't register with the profile's [cloud]."""
+        from station.families import FAMILIES
+
+        return [("/".join(c for c in self.chips if c in FAMILIES[name].chips),
+                 f"their {FAMILIES[name].title} keys have no place on {self.cloud.registrar}")
+                for name, options in self.options.items()
+                if FAMILIES[name].registers_device_keys and not options.registered]
 
 
 class Table:
@@ -208,10 +218,10 @@ def load_profile(path: str | os.PathLike) -> Profile:
             meta.fail(f"family {names} does not include '{extra}', but [[firmware]] has {extra} chips; add it or "
                       f"remove the key (the chips say which families a profile uses).", "family")
 
-    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware)}
-    options = {name_: FAMILIES[name_].load_options(top, sets_, generic) for name_, sets_ in by_family.items()}
     cloud = _load_cloud(top)
-    if cloud and not generic["identity"]:
+    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware), "cloud": cloud}
+    options = {name_: FAMILIES[name_].load_options(top, sets_, generic) for name_, sets_ in by_family.items()}
+    if cloud and not generic["identity"] and not any(FAMILIES[f].registers_device_keys for f in by_family):
         top.fail("[cloud] registers each board by its certificate; add an [identity] table.")
     return Profile(path=file, sha256=hashlib.sha256(text).hexdigest(), name=name,
                    description=meta.get("description", str, ""), firmware=firmware, options=options,
@@ -340,25 +350,26 @@ def _load_wifi(top: Table) -> WifiSpec | None:
     return WifiSpec(ssid=ssid, psk_env=psk_env, psk_keyring=psk_keyring)
 
 
-def _load_steps(top: Table, families: list) -> dict[str, StepPolicy]:
-    """Each family's default policies (the first family's where two share a step name), then [steps]."""
-    policies: dict[str, StepPolicy] = {}
-    for family in families:
-        for name, policy in family.policies.items():
-            policies.setdefault(name, policy)
+def _load_steps(top: Table, families: list) -> dict[str, dict[str, StepPolicy]]:
+    """Each family's default policies, then [steps]: a step named there is set for every family that has it
+    (an ESP "check" and a Particle "check" keep their own defaults until the profile says otherwise)."""
+    policies = {family.name: dict(family.policies) for family in families}
     if "steps" not in top.raw:
         return policies
     steps = top.sub("steps", top.get("steps", dict))
-    steps.check_keys(tuple(policies))
+    steps.check_keys(tuple(dict.fromkeys(name for own in policies.values() for name in own)))
     for name, raw in steps.raw.items():
         step = steps.sub(name, raw)
         step.check_keys(("timeout", "retries"))
-        timeout = step.get("timeout", (int, float), policies[name].timeout)
-        retries = step.get("retries", int, policies[name].retries)
+        default = next(own[name] for own in policies.values() if name in own)
+        timeout = step.get("timeout", (int, float), default.timeout)
+        retries = step.get("retries", int, default.retries)
         if not (math.isfinite(timeout) and 0 < timeout <= MAX_STEP_TIMEOUT) or not 0 <= retries <= 10:
             step.fail(f"timeout must be more than 0 and at most {MAX_STEP_TIMEOUT} seconds, and retries between 0 "
                       f"and 10.")
-        policies[name] = StepPolicy(timeout=float(timeout), retries=retries)
+        for own in policies.values():
+            if name in own:
+                own[name] = StepPolicy(timeout=float(timeout), retries=retries)
     return policies
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from station.model import BoardInfo, PortInfo
 
 if TYPE_CHECKING:
+    from station.cloud.registrar import DeviceRegistration
     from station.identity.ca import StationCA
     from station.identity.ledger import Ledger
     from station.identity.provision import IdentityPlan
@@ -44,6 +45,7 @@ class FlashImage:
     data: bytes = field(repr=False)
     secret: bool = False  # holds a secret (Wi-Fi PSK, private key): its hash is not recorded either
     region: str = ""  # the memory it lands in where a board has several (a DFU alternate setting)
+    signer: str = ""  # fingerprint of the key whose signature over it was verified before it was written
 
     def record(self) -> dict:
         entry: dict = {"name": self.name, "offset": self.offset, "size": len(self.data)}
@@ -51,6 +53,8 @@ class FlashImage:
             entry["region"] = self.region
         if not self.secret:
             entry["sha256"] = hashlib.sha256(self.data).hexdigest()
+        if self.signer:
+            entry["signer_key_sha256"] = self.signer
         return entry
 
 
@@ -72,6 +76,16 @@ class DeviceContext:
     identity: "IdentityPlan | None" = None
     payloads: Future | None = None  # Future[list[FlashImage]], built while the firmware flashes
     written: list[FlashImage] = field(default_factory=list)
+    # a board whose identity is a key its family made or read (no certificate): the journal's identity record
+    # (public facts only) and what the cloud learns once the board passes
+    key_record: dict | None = None
+    registration: "DeviceRegistration | None" = None
+    # given by the engine: the port at this board's USB location now (None while it is off the bus), and a wait,
+    # blocking the step, until the board is back at its location as `wanted` says (a mode switch re-enumerates
+    # it as another USB device): the new port, or None after `timeout` seconds. The engine knows the board left
+    # on purpose meanwhile; a Stop or the step's timeout ends the wait with StepFailed.
+    port_now: Callable[[], PortInfo | None] = lambda: None
+    await_port: Callable[[Callable[[PortInfo], bool], float], PortInfo | None] = lambda wanted, timeout: None
 
 
 @dataclass(frozen=True)

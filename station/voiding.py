@@ -36,6 +36,8 @@ def void_device(journal: Journal, device_id: str, reason: str) -> str:
                         f"(`station devices` lists them).")
     device = matches[0]
     identity = dict(device.identity)
+    if identity.get("device_public_key") and not identity.get("certificate_serial"):
+        return _void_device_key(journal, device.id, identity)
     if not identity.get("certificate_serial"):
         raise VoidError(f"device {device.id[:12]} has no certificate to void.")
     _ensure_tables(journal)
@@ -43,6 +45,23 @@ def void_device(journal: Journal, device_id: str, reason: str) -> str:
         queued = void_in_transaction(db, device.id, identity, identity["certificate_serial"], reason)
     done = f"certificate {identity['certificate_serial']} of {identity['subject_serial']} voided"
     return done + "".join(f"; removal from {name} queued" for name in queued)
+
+
+def _void_device_key(journal: Journal, device_id: str, identity: dict) -> str:
+    """A board whose identity is a device key (a Spark Core or Photon): its record says void and every cloud it
+    was registered with is asked to remove its key, in one transaction."""
+    if identity.get("void"):
+        raise VoidError(f"device {device_id[:12]} is already void.")
+    _ensure_tables(journal)
+    name = identity.get("particle_device_id") or device_id
+    with journal.transaction() as db:
+        write_identity(db, device_id, {**identity, "void": True})
+        queued = outbox_store.registrars_of(db, device_id)
+        record = DeviceRegistration(device_id, cloud_id=identity.get("particle_device_id") or "",
+                                    public_key_pem=identity["device_public_key"])
+        for registrar in queued:
+            outbox_store.add_row(db, device_id, registrar, record, action=outbox_store.VOID)
+    return f"device key of {name} voided" + "".join(f"; removal from {r} queued" for r in queued)
 
 
 def void_interrupted(journal: Journal) -> list[CertRecord]:

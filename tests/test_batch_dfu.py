@@ -63,7 +63,7 @@ def expected_memory(profile, chip: str) -> list[tuple[int, int, bytes]]:
 
 
 def test_eight_dfu_boards_beside_four_esp_boards(profile, hub, tmp_path):
-    kinds = ["stm32", "core"] * 4
+    kinds = ["stm32"] * 8
     esp, dfu = hub(4, kinds)
     journal = Journal(tmp_path / "journal.sqlite3")
 
@@ -71,7 +71,7 @@ def test_eight_dfu_boards_beside_four_esp_boards(profile, hub, tmp_path):
 
     assert summary.failed == {}
     assert sorted(summary.passed) == sorted(esp.locations + dfu.locations)
-    chips = {"stm32": "STM32", "core": "Spark Core"}
+    chips = {"stm32": "STM32"}
     for device, kind in zip(dfu.devices, kinds):
         for alt, address, data in expected_memory(profile, chips[kind]):
             assert device.read_memory(alt, address, len(data)) == data
@@ -80,12 +80,12 @@ def test_eight_dfu_boards_beside_four_esp_boards(profile, hub, tmp_path):
         assert device.read_memory(alt, address + len(data), 1024) == b"\xff" * 1024
     rows = {d.port: d for d in journal.devices(summary.batch_id)}
     assert {rows[loc].family for loc in dfu.locations} == {"dfu"}
-    assert {rows[loc].chip for loc in dfu.locations} == {"STM32", "Spark Core"}
+    assert {rows[loc].chip for loc in dfu.locations} == {"STM32"}
     journal.close()
 
 
 def test_a_board_unplugged_mid_write_fails_in_plain_words_and_the_others_pass(profile, hub, tmp_path):
-    esp, dfu = hub(0, ["stm32", "core", "stm32", "core"])
+    esp, dfu = hub(0, ["stm32"] * 4)
     dfu.devices[2].faults = DfuFaults(unplug_after_bytes=40 * 1024)
     journal = Journal(tmp_path / "journal.sqlite3")
 
@@ -100,16 +100,16 @@ def test_a_board_unplugged_mid_write_fails_in_plain_words_and_the_others_pass(pr
 
 def test_an_image_outside_the_boards_memory_is_refused_before_anything_is_written(hub, tmp_path):
     tinker = (PROFILES / "firmware" / "tinker-core" / "tinker.bin").read_bytes()
-    profile = load_profile(write_profile(tmp_path, "Spark Core", "tinker.bin", tinker, "address = 0x08000000"))
-    _, dfu = hub(0, ["core"])
+    profile = load_profile(write_profile(tmp_path, "STM32", "tinker.bin", tinker, "address = 0x080FF000"))
+    _, dfu = hub(0, ["stm32"])
     before = dfu.devices[0].snapshot(0)
     journal = Journal(tmp_path / "journal.sqlite3")
 
     summary = run_batch(profile, tmp_path / "registry", journal)
 
     reason = summary.failed[dfu.locations[0]]
-    assert "tinker.bin can't be written to this board" in reason and "0x08000000" in reason
-    assert dfu.devices[0].snapshot(0) == before  # the bootloader pages are untouched
+    assert "tinker.bin can't be written to this board" in reason and "only 4096 bytes fit from 0x080FF000" in reason
+    assert dfu.devices[0].snapshot(0) == before  # nothing was erased or written
     journal.close()
 
 

@@ -116,7 +116,7 @@ def assert_identity_in_flash(profile, board):
     store, part = identity_target(profile.options["esp"], profile.firmware[board.chip.display_name])
     image = board.flash.read(part.offset, part.size)
     plan = type("Plan", (), {"store": store})()
-    cert = read_back_certificate(plan, image)
+    cert = read_back_certificate(plan, image, profile.options["esp"])
     cert.verify_directly_issued_by(CA.issuing)
     serial = cert.subject.get_attributes_for_oid(x509.NameOID.SERIAL_NUMBER)[0].value
     assert serial == f"{board.chip.display_name}-{board.mac_text.replace(':', '').upper()}"

@@ -142,14 +142,16 @@ def test_wrong_ca_passphrase_stops_before_any_board(tmp_path, hub):
 
 def test_headless_demo_provisions_esp_and_dfu_boards_on_one_hub(tmp_path):
     """`station demo --headless`: ESP boards and USB DFU boards on one emulated hub, all pass, all signed."""
-    done = station(tmp_path, "demo", "--headless", "--boards", "2", "--dfu-boards", "2", "--no-throttle")
+    done = station(tmp_path, "demo", "--headless", "--boards", "2", "--dfu-boards", "3", "--no-throttle")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "4 passed, 0 failed" in done.stdout
+    assert "5 passed, 0 failed" in done.stdout
     manifest = next((tmp_path / "demo").glob("manifest-*.jsonl"))
     records = payloads(manifest)
-    assert sorted((r["family"], r["port"], r["result"]) for r in records) == [
-        ("dfu", "sim-2.1", "pass"), ("dfu", "sim-2.2", "pass"), ("esp", "sim-1.1", "pass"), ("esp", "sim-1.2", "pass")]
-    assert {r["chip"] for r in records if r["family"] == "dfu"} and all(r["chip"] for r in records)
+    assert sorted((r["family"], r["port"], r["chip"], r["result"]) for r in records) == [
+        ("dfu", "sim-2.1", "STM32", "pass"), ("esp", "sim-1.1", "ESP32", "pass"), ("esp", "sim-1.2", "ESP32-C3", "pass"),
+        ("particle", "sim-3.1", "Spark Core", "pass"), ("particle", "sim-3.2", "Photon", "pass")]
+    particle = [r for r in records if r["family"] == "particle"]
+    assert all(len(r["identity"]["particle_device_id"]) == 24 for r in particle)  # read in listening mode
     verified = station(tmp_path, "manifest", "verify", str(manifest), "--root", str(manifest.parent / "root.crt"))
     assert verified.returncode == 0, verified.stderr
 

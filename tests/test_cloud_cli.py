@@ -22,14 +22,15 @@ def test_up_status_down(open_dir, monkeypatch):
     ca = make_ca()
     monkeypatch.setattr(cloud_cli, "load_issuing_ca", lambda data: ca)
     cli, runner = station_cli(open_dir), CliRunner()
-    admin, device = free_port(), free_port()
+    admin, device, ota = free_port(), free_port(), free_port()
 
     stopped = runner.invoke(cli, ["cloud", "status"])
     assert stopped.exit_code == 1 and "broker: not running" in stopped.output
 
     started = runner.invoke(cli, ["cloud", "up", "--admin-port", str(admin), "--device-port", str(device),
-                                  "--device-host", "127.0.0.1"])
+                                  "--device-host", "127.0.0.1", "--ota-port", str(ota)])
     assert started.exit_code == 0, started.output
+    assert "update server: running" in started.output and f"127.0.0.1 port {ota} (HTTPS" in started.output
     assert "broker: running" in started.output and f"127.0.0.1 port {device}" in started.output
     assert "registered devices: 0" in started.output
 
@@ -38,12 +39,48 @@ def test_up_status_down(open_dir, monkeypatch):
     password = (open_dir / "cloud" / "admin-password").read_text().strip()
     assert password not in started.output + status.output
 
+    # the update server process (which gave up root if it had it) reads the ledger and the published release
+    assert_update_served(open_dir, ca, ota)
+
     again = runner.invoke(cli, ["cloud", "up"])  # already running: says so, starts nothing
     assert again.exit_code == 0 and f"admin listener: 127.0.0.1:{admin}" in again.output
 
     down = runner.invoke(cli, ["cloud", "down"])
-    assert down.exit_code == 0 and "broker stopped" in down.output
+    assert down.exit_code == 0 and "broker stopped" in down.output and "update server stopped" in down.output
     assert "not running" in runner.invoke(cli, ["cloud", "down"]).output
+    assert "update server: not running" in runner.invoke(cli, ["cloud", "status"]).output
+
+
+def assert_update_served(data, ca, port: int) -> None:
+    import hashlib
+    import http.client
+    import ssl
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from station.cloud.ota import publish
+    from station.families.esp.signed_image import sign_image
+    from station.families.esp.sim.firmware import make_app_image
+    from station.identity.ledger import Ledger
+    from tests.test_cloud_pki import make_device
+
+    device = make_device(ca, "relay-1", data / "device")
+    with Ledger(data / "journal.sqlite3") as ledger:
+        ledger.record_issue(device.cert, subject_serial="SN-relay-1", key_origin="host")
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    firmware = sign_image(make_app_image("ESP8266", "relay", "1.1.0", size=8192, arduino=True), signing)
+    publish(data / "ota", "relay", firmware, signing.public_key(), "1.1.0", "relay.bin.signed")
+
+    context = ssl.create_default_context(cafile=device.ca_path)
+    context.load_cert_chain(device.cert_path, device.key_path)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    conn.request("GET", "/ota/relay", headers={"User-Agent": "ESP8266-http-Update", "x-ESP8266-mode": "sketch",
+                                               "x-ESP8266-STA-MAC": "5C:CF:7F:00:00:01",
+                                               "x-ESP8266-version": "1.0.0"})
+    answer = conn.getresponse()
+    assert (answer.status, answer.read()) == (200, firmware)
+    assert answer.getheader("x-MD5") == hashlib.md5(firmware).hexdigest()
+    conn.close()
 
 
 def test_up_without_a_station_ca_says_what_to_do(open_dir):

@@ -35,7 +35,7 @@ def test_a_good_bench_has_no_problems():
     ({"display": False}, "display", "no display", "station demo --headless"),
     ({"token_module": "/usr/lib/softhsm/libsofthsm2.so"}, "PKCS#11 token", "module /usr/lib/softhsm/libsofthsm2.so "
      "is missing", "sudo apt install softhsm2"),
-    ({"libusb": False}, "libusb", "pyusb finds no libusb: USB DFU boards", "sudo apt install libusb-1.0-0"),
+    ({"libusb": False}, "libusb", "pyusb finds no libusb: USB DFU, Particle", "sudo apt install libusb-1.0-0"),
 ])
 def test_each_problem_is_named_with_its_fix(change, check, what, fix):
     name, said, says_fix = only_problem(replace(GOOD, **change))

@@ -9,7 +9,7 @@ from station.discovery import Discovery
 from station.discovery.sim_ports import SimPortSource
 from station.engine import Engine
 from station.identity.ca import StationCA
-from station.journal import Journal
+from station.journal import Journal, write_end
 from station.profiles import load_profile
 from station.steps import StepPolicy
 from station.families.esp.sim.board import EspFaults
@@ -115,8 +115,8 @@ def test_cancelling_one_port_leaves_the_others_alone(tmp_path):
 
 def test_a_step_over_its_timeout_is_stopped(tmp_path):
     engine = make_engine(tmp_path)
-    engine.profile = replace(engine.profile, steps={**engine.profile.steps, "flash": StepPolicy(timeout=0.5,
-                                                                                                retries=0)})
+    engine.profile = replace(engine.profile, steps={"esp": {**engine.profile.steps["esp"],
+                                                            "flash": StepPolicy(timeout=0.5, retries=0)}})
     server = EspSimServer(demo_fleet(1), registry_dir=tmp_path / "registry", throttle=True).start()  # ~2 s flash
     try:
         summary = asyncio.run(engine.run_batch())
@@ -127,3 +127,35 @@ def test_a_step_over_its_timeout_is_stopped(tmp_path):
     assert reason == "flash took longer than 0.5 s and was stopped"
     (device,) = engine.journal.devices(summary.batch_id)
     assert [(s.name, s.result) for s in engine.journal.steps(device.id)][-1] == ("flash", "fail")
+
+
+def test_a_board_whose_end_the_journal_refuses_fails_plainly_and_the_others_pass(tmp_path, monkeypatch):
+    import sqlite3
+
+    import station.engine
+
+    engine = make_engine(tmp_path)
+    server = EspSimServer(demo_fleet(3), registry_dir=tmp_path / "registry", location_prefix="sim-8").start()
+    refused = {}
+
+    def end_or_disk_full(db, device_id, result, reason):  # the journal's disk fills up as sim-8.2 ends
+        if engine._device_keys[device_id] == "sim-8.2":
+            refused[device_id] = result
+            raise sqlite3.OperationalError("database or disk is full")
+        write_end(db, device_id, result, reason)
+
+    monkeypatch.setattr(station.engine, "write_end", end_or_disk_full)
+    done: list[ev.DeviceDone] = []
+    engine.subscribe(lambda e: done.append(e) if isinstance(e, ev.DeviceDone) else None)
+    try:
+        summary = asyncio.run(engine.run_batch())
+    finally:
+        server.stop()
+        engine.close()
+    assert sorted(summary.passed) == ["sim-8.1", "sim-8.3"]
+    assert "could not be written to the journal" in summary.failed["sim-8.2"]
+    assert "database or disk is full" in summary.failed["sim-8.2"]
+    assert {e.key: e.ok for e in done} == {"sim-8.1": True, "sim-8.2": False, "sim-8.3": True}
+    (device_id,) = refused
+    record = {d.id: d for d in engine.journal.devices(summary.batch_id)}[device_id]
+    assert record.result == "running"  # rolled back: `station` recovery calls it interrupted at the next start

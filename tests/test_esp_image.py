@@ -178,6 +178,7 @@ def test_demo_set_script_writes_and_pins_files(tmp_path, capsys):
         "ota-switch-esp8266/bootloader.bin", "ota-switch-esp8266/partition-table.bin",
         "ota-switch-esp8266/ota-switch.bin", "secure-sensor-esp32/bootloader.bin",
         "secure-sensor-esp32/partition-table.bin", "secure-sensor-esp32/secure-sensor.bin",
+        "mqtt-node-esp8266/mqtt-node.bin",
     }
     for path in written:
         assert hashlib.sha256(path.read_bytes()).hexdigest() in printed

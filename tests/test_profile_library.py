@@ -23,6 +23,7 @@ def users_copy(user_dir: Path, shipped_name: str, as_name: str, new_title: str) 
     """A shipped profile copied into the user's folder with its firmware, under another [profile] name."""
     user_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(shipped_profiles_dir() / "firmware", user_dir / "firmware", dirs_exist_ok=True)
+    shutil.copytree(shipped_profiles_dir() / "keys", user_dir / "keys", dirs_exist_ok=True)
     text = (shipped_profiles_dir() / f"{shipped_name}.toml").read_text()
     old_title = load_profile(shipped_profiles_dir() / f"{shipped_name}.toml").name
     path = user_dir / f"{as_name}.toml"

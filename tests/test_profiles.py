@@ -16,6 +16,7 @@ PROFILES = shipped_profiles_dir()
 @pytest.fixture
 def profile_dir(tmp_path):
     shutil.copytree(PROFILES / "firmware", tmp_path / "firmware")
+    shutil.copytree(PROFILES / "keys", tmp_path / "keys")
     shutil.copy(PROFILES / "demo-mixed.toml", tmp_path / "p.toml")
     return tmp_path
 
@@ -38,9 +39,13 @@ def test_shipped_profiles_load():
     for path in PROFILES.glob("*.toml"):
         profile = load_profile(path)
         assert profile.firmware
-        assert (profile.wifi is not None) == ("esp" in profile.families)  # only ESP boards take Wi-Fi here
+        # only ESP boards take Wi-Fi here: in NVS, or by Improv where Arduino firmware (a flash layout) has no NVS
+        arduino = "esp" in profile.families and profile.options["esp"].flash_layout is not None
+        assert (profile.wifi is not None) == ("esp" in profile.families)
         for chip, fw in profile.firmware.items():
-            if chip in ESP_CHIPS:
+            if arduino:
+                assert [i.kind for i in fw.images] == ["app"]  # eboot and the sketch in one .bin at 0x0
+            elif chip in ESP_CHIPS:
                 assert {i.kind for i in fw.images} == {"bootloader", "partition-table", "app"}
             else:  # a DFU board: every image lands somewhere
                 assert fw.placements and all(p.data for p in fw.placements)
@@ -137,3 +142,15 @@ def test_missing_passphrase_names_the_variable():
     profile = load_profile(PROFILES / "demo-mixed.toml")
     with pytest.raises(ProfileError, match="export STATION_DEMO_WIFI_PSK="):
         resolve_psk(profile.wifi, {})
+
+
+def test_each_family_keeps_its_own_step_defaults_until_steps_names_one(profile_dir):
+    mixed = load_profile(profile_dir / "p.toml")  # ESP, DFU and Particle boards: each has a "check" step
+    assert mixed.steps["esp"]["check"].timeout == 10 and mixed.steps["particle"]["check"].timeout == 30
+
+    text = (profile_dir / "p.toml").read_text()
+    (profile_dir / "p.toml").write_text(text + "\n[steps.check]\ntimeout = 45\n")
+    told = load_profile(profile_dir / "p.toml")
+    assert {family: own["check"].timeout for family, own in told.steps.items()} == {"esp": 45, "dfu": 45,
+                                                                                   "particle": 45}
+    assert told.steps["esp"]["flash"] == mixed.steps["esp"]["flash"]  # what [steps] does not name stays

@@ -10,8 +10,8 @@ from station.identity.ca import StationCA
 from station.profile_library import shipped_profiles_dir
 
 PROFILE = shipped_profiles_dir() / "demo-mixed.toml"
-KINDS = ["stm32", "core"] * 4
-CHIPS = {"stm32": "STM32", "core": "Spark Core"}
+KINDS = ["stm32"] * 8
+CHIPS = {"stm32": "STM32"}
 
 
 @pytest.fixture

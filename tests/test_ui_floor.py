@@ -282,6 +282,8 @@ def test_reasons_say_what_to_do_next():
     assert next_step("Verify failed: flash at 0x10000 (4096 bytes) does not hold the image") == SET_ASIDE_FLASH
     assert next_step("Wrong board: profile 'x' is for ESP32; this is a USB DFU board").startswith("Take it out")
     assert "Retry" in next_step("Stopped by the operator")
+    assert next_step("The board was unable to connect to 'lab': check the passphrase").startswith("Check the Wi-Fi")
+    assert "Improv" in next_step("The firmware did not answer Improv Wi-Fi serial within 10 s; it printed 'x'")
 
 
 def test_the_supervisor_resets_the_per_port_counters_and_exports_say_where_they_went(stations, monkeypatch, qtbot,

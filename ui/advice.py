@@ -20,6 +20,8 @@ _RULES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p, re.IGNORECASE)
      SET_ASIDE_FLASH),
     (r"nobody acted on", "Do what the tile asked, then press Retry failed"),
     (r"agent|identity|CSR", "Set it aside for the supervisor: its firmware's identity agent misbehaves"),
+    (r"unable to connect to", "Check the Wi-Fi network (in range? passphrase?), then press Retry failed"),
+    (r"did not answer Improv", "Set it aside: its firmware does not take Wi-Fi by Improv (wrong firmware?)"),
     (r"^Internal error", "Copy diagnostics for the supervisor, then Retry failed"),
 ))
 GENERIC = "Press Retry failed once; if it fails again, set the board aside"

@@ -97,12 +97,15 @@ class EngineBridge(QObject):
                 if tile.present:
                     return None
                 tile.present = True
-                if not tile.busy:
-                    if tile.finished:  # a board came back before anyone saw the tile empty
-                        tile.last_result = tile.phase.name
-                    tile.reset_run()
-                    tile.family = e.port.family
-                    tile.phase = Phase.IDLE
+                if tile.busy:  # a board switching mode (DFU <-> run-time) comes back at its location on its own
+                    self._line(e.port.key, "info", f"board back on the bus as USB {e.port.usb_id} "
+                                                    f"({e.port.description or e.port.url})")
+                    return e.port.key
+                if tile.finished:  # a board came back before anyone saw the tile empty
+                    tile.last_result = tile.phase.name
+                tile.reset_run()
+                tile.family = e.port.family
+                tile.phase = Phase.IDLE
                 self._line(e.port.key, "info", f"board plugged in ({e.port.description or e.port.url}, "
                                                 f"USB {e.port.usb_id})")
                 return e.port.key
@@ -114,10 +117,12 @@ class EngineBridge(QObject):
                 if tile.phase is Phase.PASS and tile.leaves_bus:
                     self._line(e.key, "info", "board left its bootloader and runs its firmware")
                     return e.key
-                if not tile.busy:  # a busy board's pipeline reports the vanishing itself
-                    if tile.finished:
-                        tile.last_result = tile.phase.name
-                    tile.phase = Phase.EMPTY
+                if tile.busy:  # its pipeline says whether it vanished or re-enumerates as it was asked to
+                    self._line(e.key, "info", "board left the bus")
+                    return e.key
+                if tile.finished:
+                    tile.last_result = tile.phase.name
+                tile.phase = Phase.EMPTY
                 self._line(e.key, "info", "board unplugged")
                 return e.key
             case ev.BatchStarted():

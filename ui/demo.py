@@ -135,10 +135,15 @@ def prepare_layout(station: Station, locations: list[str]) -> None:
     for one-touch."""
     settings = station.settings
     changed = False
+    for key in [k for k in settings.order if k not in locations]:  # an older demo's hub had other ports
+        settings.forget(key)
+        station.bridge.tiles.pop(key, None)
+        changed = True
     for key in locations:
         changed |= settings.add_port(key)
         station.bridge.ensure_tile(key)
-    if not settings.names:  # named as the grid will show them in this window, which then keeps that many columns
+    if any(key not in settings.names for key in locations):  # named as the grid will show them in this window,
+        # which then keeps that many columns
         w = station.window  # not laid out yet: the grid gets about this share of it
         settings.auto_name(settings.columns or fit_columns(len(locations), w.width() - 24, w.height() * 0.55))
         settings.allowed.update(locations[:2])

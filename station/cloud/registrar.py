@@ -46,7 +46,7 @@ REGISTER, VOID = "register", "void"
 class DeviceRegistration:
     """What a cloud learns about a device: public facts only (the outbox stores it as JSON)."""
 
-    device_id: str  # the cloud's name for the device (journal device id, Particle device id, …)
+    device_id: str  # the journal's device id: the outbox row's key
     common_name: str = ""  # the certificate's subject CN: the device's MQTT user name
     certificate_pem: str = ""  # the device certificate, if it has one
     public_key_pem: str = ""  # SubjectPublicKeyInfo PEM; taken from the certificate when empty
@@ -54,6 +54,11 @@ class DeviceRegistration:
     replaces_serial: int | None = None  # a re-provisioned board's previous certificate: shut out as this registers
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     facts: Mapping[str, Any] = field(default_factory=dict)  # chip, MAC, profile, batch …: public, JSON-able
+    cloud_id: str = ""  # the device's own name where the cloud uses it (a Particle device ID); else device_id
+
+    @property
+    def cloud_name(self) -> str:
+        return self.cloud_id or self.device_id
 
     def __post_init__(self):
         if not self.device_id or not isinstance(self.device_id, str):
@@ -438,7 +443,7 @@ class SparkServerRegistrar:
     def register(self, device: DeviceRegistration) -> RegistrationResult:
         if not device.public_key_pem:
             raise CloudRefused(f"device {device.device_id} has no public key to give spark-server")
-        device_id = device.device_id.lower()  # as particle-cli sends it
+        device_id = device.cloud_name.lower()  # as particle-cli sends it
         body = json.dumps({"deviceID": device_id, "publicKey": device.public_key_pem,
                            "order": f"manual_{int(time.time() * 1000)}", "filename": "cli",
                            "algorithm": self._algorithm(device)}).encode()
@@ -464,7 +469,7 @@ class SparkServerRegistrar:
 
     def void(self, device: DeviceRegistration) -> RegistrationResult:
         raise CloudRefused(f"spark-server has no API to remove a device key: on the server delete "
-                           f"core_keys/{device.device_id.lower()}.pub.pem (and .json) and restart it")
+                           f"core_keys/{device.cloud_name.lower()}.pub.pem (and .json) and restart it")
 
 
 # --- generic HTTPS ----------------------------------------------------------------------------------------

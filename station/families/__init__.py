@@ -8,10 +8,12 @@ from __future__ import annotations
 from station.families.base import BoardFamily
 from station.families.dfu import DfuFamily
 from station.families.esp import EspFamily
+from station.families.particle import ParticleFamily
 
 FAMILIES: dict[str, BoardFamily] = {
     "esp": EspFamily(),
     "dfu": DfuFamily(),
+    "particle": ParticleFamily(),
 }
 
 
@@ -46,5 +48,5 @@ def all_chips() -> tuple[str, ...]:
 
 def usb_ids(transport: str) -> dict[tuple[int, int], tuple[str, str]]:
     """(VID, PID) -> (family name, what it is) for every family found over `transport` ("serial"/"usb")."""
-    return {usb_id: (family.name, what) for family in FAMILIES.values() if family.transport == transport
-            for usb_id, what in family.usb_ids.items()}
+    return {usb_id: (family.name, what) for family in FAMILIES.values() for usb_id, what in family.usb_ids.items()
+            if family.transport_of(usb_id) == transport}

@@ -27,11 +27,19 @@ class BoardFamily:
     title: ClassVar[str]  # for people: "ESP (serial bootloader)"
     usb_ids: ClassVar[dict[tuple[int, int], str]]  # (VID, PID) -> what carries the board ("CP210x")
     transport: ClassVar[str]  # "serial" (found by pyserial) or "usb" (found by pyusb)
+    # USB IDs found over another transport than `transport`: a board with a bootloader and a run-time personality
+    # (Particle: DFU over pyusb, its firmware's USB serial over pyserial) is one family at one USB location
+    transports: ClassVar[dict[tuple[int, int], str]] = {}
+    # a board registers with the cloud by a key the family makes or reads (not by an [identity] certificate)
+    registers_device_keys: ClassVar[bool] = False
     url_schemes: ClassVar[tuple[str, ...]]  # `--port URL` schemes this family opens ("" = a device path)
     chips: ClassVar[tuple[str, ...]]  # what a profile's [[firmware]] chip may name
     # keys this family reads in shared profile tables, beyond the generic ones ({"wifi": ("partition",)})
     profile_keys: ClassVar[dict[str, tuple[str, ...]]] = {}
     policies: ClassVar[dict[str, StepPolicy]]  # default timeout and retries per step
+
+    def transport_of(self, usb_id: tuple[int, int]) -> str:
+        return self.transports.get(usb_id, self.transport)
 
     # --- profiles ------------------------------------------------------------------------------------------
 

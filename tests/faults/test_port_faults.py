@@ -36,7 +36,8 @@ def run(profile_path, boards, *, prompt_timeout: float = 300.0, retries: int | N
     `retries`: every step's retries (a board that never answers fails at its first timeout)."""
     profile = load_profile(profile_path)
     if retries is not None:
-        profile.steps.update({name: replace(policy, retries=retries) for name, policy in profile.steps.items()})
+        for own in profile.steps.values():
+            own.update({name: replace(policy, retries=retries) for name, policy in own.items()})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         server = EspSimServer(boards, registry_dir=folder / "registry").start()

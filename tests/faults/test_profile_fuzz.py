@@ -151,7 +151,7 @@ def assert_usable(profile: Profile, data: Path) -> None:
     from station.cloud.dynsec import check_topic_prefix
 
     assert isinstance(profile, Profile)
-    for policy in profile.steps.values():
+    for policy in (policy for own in profile.steps.values() for policy in own.values()):
         assert math.isfinite(policy.timeout) and policy.timeout > 0
     if profile.cloud is not None:
         if profile.cloud.registrar == "mosquitto":

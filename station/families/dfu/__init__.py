@@ -1,6 +1,7 @@
 """The USB DFU family: boards whose bootloader speaks USB DFU 1.1 with ST's DfuSe extensions — STM32 ROM
-bootloaders, the Spark Core and the Particle Photon in DFU mode — flashed over pyusb (host.py), with .dfu
-files and memory layouts, and an emulator that is a pyusb backend (sim/)."""
+bootloaders — flashed over pyusb (host.py), with .dfu files and memory layouts, and an emulator that is a pyusb
+backend (sim/). The DFU host is shared: the particle family drives the Spark Core's and the Photon's DFU
+bootloaders with it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from station.steps import StepPolicy
 class DfuFamily(BoardFamily):
     name = "dfu"
     title = "USB DFU"
-    usb_ids = {(0x0483, 0xDF11): "STM32 ROM DFU", (0x1D50, 0x607F): "Spark Core DFU", (0x2B04, 0xD006): "Photon DFU"}
+    usb_ids = {(0x0483, 0xDF11): "STM32 ROM DFU"}
     transport = "usb"
     url_schemes = ("usb", "usbsim")
     chips = tuple(dfu_profile.DFU_CHIPS)

@@ -15,11 +15,10 @@ from station.families.dfu.dfufile import check_board, read_firmware
 from station.families.dfu.errors import DfuError
 from station.profiles import PinnedFile, Table, read_pinned
 
-# chip name in profiles -> the DFU bootloader's USB ID (PROTOCOLS §2, §5.1)
+# chip name in profiles -> the DFU bootloader's USB ID (PROTOCOLS §2, §5.1); the Spark Core and the Photon are
+# the particle family's (their DFU bootloader is one of their two personalities)
 DFU_CHIPS: dict[str, tuple[int, int]] = {
     "STM32": (0x0483, 0xDF11),  # any STM32 ROM bootloader (DfuSe); the layout comes from the board
-    "Spark Core": (0x1D50, 0x607F),
-    "Photon": (0x2B04, 0xD006),
 }
 
 
@@ -49,6 +48,13 @@ class DfuOptions:
 def load_firmware(fw: Table, base: Path, chip: str) -> DfuFirmwareSet:
     fw.check_keys(("chip", "images", "mass_erase"))
     mass_erase = fw.get("mass_erase", bool, False)
+    images, placements = load_images(fw, base, DFU_CHIPS[chip])
+    return DfuFirmwareSet(chip=chip, images=images, placements=placements, mass_erase=mass_erase)
+
+
+def load_images(fw: Table, base: Path, usb_id: tuple[int, int]) -> tuple[tuple[PinnedFile, ...],
+                                                                         tuple[Placement, ...]]:
+    """The `images` of one [[firmware]] set for a DFU bootloader with `usb_id`: each read, pinned, placed."""
     images, placements = [], []
     for i, raw in enumerate(fw.get("images", list)):
         img = fw.sub(f"images[{i}]", raw)
@@ -59,7 +65,7 @@ def load_firmware(fw: Table, base: Path, chip: str) -> DfuFirmwareSet:
         try:
             parsed = read_firmware(file.data, file.name)
             if parsed.suffix is not None:
-                check_board(parsed, *DFU_CHIPS[chip])
+                check_board(parsed, *usb_id)
             placed = parsed.placements(alt if isinstance(alt, int) else 0, address)
         except DfuError as exc:
             img.fail(f"{exc}.", "file")
@@ -70,7 +76,7 @@ def load_firmware(fw: Table, base: Path, chip: str) -> DfuFirmwareSet:
     if not images:
         fw.fail("images is empty; list the .dfu or .bin files to write.", "images")
     _check_overlaps(fw, placements)
-    return DfuFirmwareSet(chip=chip, images=tuple(images), placements=tuple(placements), mass_erase=mass_erase)
+    return tuple(images), tuple(placements)
 
 
 def describe_firmware(fw: DfuFirmwareSet) -> list[str]:

@@ -47,6 +47,10 @@ class DfuSession:
         return host
 
     @property
+    def is_open(self) -> bool:
+        return self._host is not None
+
+    @property
     def host(self) -> DfuHost:
         host = self._host
         if host is None:

@@ -19,8 +19,8 @@ class EspFamily(BoardFamily):
     transport = "serial"
     url_schemes = ("", "socket", "rfc2217", "espsim")
     chips = esp_profile.ESP_CHIPS
-    profile_keys = {"": ("nvs",), "profile": ("baud", "verify"), "wifi": ("partition",),
-                    "identity": ("store", "partition")}
+    profile_keys = {"": ("nvs",), "profile": ("baud", "verify"), "wifi": ("partition", "method", "improv_wait"),
+                    "identity": ("store", "partition", "flash_layout", "files", "broker_fingerprint")}
     policies = {
         "detect": StepPolicy(timeout=30, retries=1),
         "check": StepPolicy(timeout=10, retries=0),
@@ -29,6 +29,7 @@ class EspFamily(BoardFamily):
         "verify": StepPolicy(timeout=60, retries=0),
         "reset": StepPolicy(timeout=10, retries=0),
         "identity": StepPolicy(timeout=60, retries=0),
+        "wifi": StepPolicy(timeout=60, retries=0),  # Improv: the boot wait, then up to 35 s for the network join
     }
 
     def load_firmware(self, table, base: Path, chip: str):

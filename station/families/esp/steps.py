@@ -7,7 +7,8 @@ background worker while the firmware is flashing, and written in the same sessio
 from __future__ import annotations
 
 from station.families.esp import esptool_glue
-from station.families.esp.identity import build_identity_image, identity_target_step, read_back_certificate
+from station.families.esp.identity import (build_identity_image, identity_target_step, read_back_certificate,
+                                           read_back_length)
 from station.families.esp.image import ImageError, check_app_image
 from station.families.esp.payloads import PayloadError
 from station.families.esp.payloads.partition_table import Partition, find_partition, parse_partition_table
@@ -24,11 +25,13 @@ def esp_steps(profile: Profile) -> list[Step]:
     esp = options(profile)
     steps = [Step("detect", "Detecting", detect, identifies=True), Step("check", "Checking", check),
              Step("flash", "Flashing", flash, transfers=True)]
-    if profile.wifi or esp.nvs or profile.identity:
+    if esp.wifi_in_nvs(profile.wifi) or esp.nvs or profile.identity:
         steps.append(Step("write-data", "Writing data", write_data, transfers=True))
     steps += [Step("verify", "Verifying", verify, verifies=True), Step("reset", "Resetting", reset)]
     if profile.identity and profile.identity.certificate.key_origin == "board":
         steps.append(Step("identity", "Identity", identity_on_board))  # the app the reset booted makes the key
+    if profile.wifi and esp.wifi_method == "improv":
+        steps.append(Step("wifi", "Joining Wi-Fi", wifi_by_improv))  # the booted app takes the credentials
     return steps
 
 
@@ -68,12 +71,16 @@ def check(ctx: DeviceContext) -> str:
             except ImageError as exc:
                 raise StepFailed(str(exc)) from exc
             _images_that_fit.add(fit)
+    layout = options(ctx.profile).flash_layout
+    if layout is not None and board.flash_size and board.flash_size < layout.flash_size:
+        raise StepFailed(f"The {layout.name} flash layout needs {layout.flash_size // (1024 * 1024)} MB of flash; "
+                         f"this board has {board.flash_size // 1024} KiB")
     if ctx.profile.identity is not None:
         assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
         store, partition = identity_target_step(options(ctx.profile), firmware)
         ctx.identity = plan_identity(ctx.profile.identity, board, ctx.ledger, ctx.reprovision, store, partition,
                                     ctx.device_id)
-    if ctx.profile.wifi or options(ctx.profile).nvs or ctx.identity:
+    if options(ctx.profile).wifi_in_nvs(ctx.profile.wifi) or options(ctx.profile).nvs or ctx.identity:
         ctx.payloads = ctx.pool.submit(build_payloads, ctx)
     identity = f"; identity {ctx.identity.subject_serial}" if ctx.identity else ""
     return f"{len(firmware.images)} images for {board.chip} fit and match{identity}"
@@ -81,7 +88,7 @@ def check(ctx: DeviceContext) -> str:
 
 def flash(ctx: DeviceContext) -> str:
     _, firmware = _ready(ctx)
-    images = [FlashImage(i.name, i.offset, i.data) for i in firmware.images]
+    images = [FlashImage(i.name, i.offset, i.data, signer=i.signer) for i in firmware.images]
     ctx.session.write([(i.offset, i.data) for i in images])
     ctx.written += images
     return f"wrote {sum(len(i.data) for i in images)} bytes in {len(images)} images"
@@ -106,14 +113,16 @@ def verify(ctx: DeviceContext) -> str:
     plan = ctx.identity
     if plan is not None and plan.record:
         part = plan.target
+        written = next(i for i in ctx.written if i.offset == part.offset)
+        data = ctx.session.read(part.offset, read_back_length(plan.store, written.data, options(ctx.profile)))
         try:
-            cert = read_back_certificate(plan, ctx.session.read(part.offset, part.size))
+            cert = read_back_certificate(plan, data, options(ctx.profile))
         except (PayloadError, KeyError, ValueError) as exc:
             raise StepFailed(f"Verify failed: the identity read back from {part.name} does not parse ({exc})") \
                 from exc
         if serial_hex(cert) != plan.record["certificate_serial"]:
             raise StepFailed(f"Verify failed: {part.name} holds certificate {serial_hex(cert)}, not the one issued")
-        detail += f"; identity read back from {part.name}"
+        detail += f"; identity read back from {part.name} ({len(data) // 1024} KiB)"
     return detail
 
 
@@ -129,6 +138,28 @@ def identity_on_board(ctx: DeviceContext) -> str:
         return issue_on_board(ctx.identity, ctx.ca, ctx.ledger, ctx.device_id, board, port)
 
 
+def wifi_by_improv(ctx: DeviceContext) -> str:
+    """Send [wifi] to the booted firmware by Improv serial and check that it joined; the URL it reports is recorded
+    in this step's detail. The passphrase is sent and nothing else is done with it."""
+    from station.families.esp.improv import ImprovClient, ImprovError
+
+    wifi, esp = ctx.profile.wifi, options(ctx.profile)
+    assert wifi is not None  # the step is there for a profile with [wifi]
+    if not ctx.psk:
+        raise StepFailed(f"No Wi-Fi passphrase for '{wifi.ssid}' was read for this batch; set it where [wifi] says")
+    with ctx.session.app_port() as port:
+        client = ImprovClient(port)
+        try:
+            client.wait_ready(esp.improv_wait)
+            device = client.device_info()
+            urls = client.send_wifi(wifi.ssid, ctx.psk)
+        except ImprovError as exc:
+            raise StepFailed(str(exc)) from exc
+    firmware = f"; firmware {' '.join(device[:2])}" if device else ""
+    where = f"; it reports {', '.join(urls)}" if urls else "; it reports no URL"
+    return f"joined '{wifi.ssid}' by Improv{where}{firmware}"
+
+
 def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
     """Everything written as data, built in memory while the firmware flashes: the NVS partition (Wi-Fi
     credentials and the profile's namespaces) and, with the key made on the host, the identity partition."""
@@ -136,17 +167,17 @@ def build_payloads(ctx: DeviceContext) -> list[FlashImage]:
 
     profile, esp = ctx.profile, options(ctx.profile)
     images = []
-    if profile.wifi or esp.nvs:
+    if esp.wifi_in_nvs(profile.wifi) or esp.nvs:
         part = _partition(ctx, esp.wifi_partition)
-        if profile.wifi is not None:
+        if esp.wifi_in_nvs(profile.wifi):
             image = build_wifi_nvs(profile.wifi.ssid, ctx.psk or "", part.size, extra=esp.nvs_values())
         else:
             image = build_nvs_image(esp.nvs_values(), part.size)
-        images.append(FlashImage(part.name, part.offset, image, secret=profile.wifi is not None))
+        images.append(FlashImage(part.name, part.offset, image, secret=esp.wifi_in_nvs(profile.wifi)))
     plan = ctx.identity
     if plan is not None and plan.spec.certificate.key_origin == "host":
         assert ctx.ca is not None and ctx.ledger is not None
-        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id)
+        image = build_identity_image(plan, ctx.ca, ctx.ledger, ctx.device_id, esp)
         images.append(FlashImage(plan.target.name, plan.target.offset, image, secret=True))
     return images
 

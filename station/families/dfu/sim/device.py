@@ -117,6 +117,7 @@ class DfuDevice:
         self._lock = threading.Lock()
         self._cut = threading.Event()  # set when the device leaves the bus: wakes a throttled wait at once
         self.attachment: Attachment | None = None
+        self.exit_reason = "unplugged"  # why it last left the bus: "unplugged" (cable, fault) or "reset" (itself)
         self._listeners: list[Callable[[DfuDevice], None]] = []
         self._reset_state()
 
@@ -162,17 +163,19 @@ class DfuDevice:
         """Pulled from the bus (cable, or a reset of its own)."""
         self._cut.set()
         with self._lock:
-            self._drop_off_bus()
+            self._drop_off_bus("unplugged")
 
     def add_listener(self, on_detach: Callable[[DfuDevice], None]) -> None:
-        """`on_detach(device)` runs whenever the device leaves the bus, also when it resets itself."""
+        """`on_detach(device)` runs whenever the device leaves the bus, also when it resets itself (`exit_reason`
+        says which); it runs under the device's lock, so it must not call back into the device."""
         self._listeners.append(on_detach)
 
-    def _drop_off_bus(self) -> None:
+    def _drop_off_bus(self, reason: str) -> None:
         if self.attachment is None:
             return
         self._cut.set()
         self.attachment = None
+        self.exit_reason = reason
         for listener in self._listeners:
             listener(self)
 
@@ -186,7 +189,7 @@ class DfuDevice:
         self._deferred_status = OK  # outcome of the operation in progress, shown once it is done
         self._busy_until = 0.0
         self._downloaded = 0
-        self._reset_after_reply = False
+        self._leave_after_reply: str | None = None  # the exit reason once the current reply is out
 
     # --- host side entry points -----------------------------------------------------------------------------------
 
@@ -203,8 +206,8 @@ class DfuDevice:
             try:
                 reply = self._dispatch(bm_request_type, b_request, w_value, w_index, data, w_length)
             finally:
-                if self._reset_after_reply:
-                    self._drop_off_bus()
+                if self._leave_after_reply is not None:
+                    self._drop_off_bus(self._leave_after_reply)
             return reply[:w_length]
 
     def _wait_while_busy(self, timeout_ms: int) -> None:
@@ -299,7 +302,7 @@ class DfuDevice:
             self._downloaded += len(data)
             limit = self.faults.unplug_after_bytes
             if limit is not None and self._downloaded >= limit:
-                self._reset_after_reply = True
+                self._leave_after_reply = "unplugged"
         return b""
 
     def _getstatus(self, value: int, data: bytes, length: int) -> bytes:
@@ -320,14 +323,14 @@ class DfuDevice:
 
     def _manifest(self) -> None:
         if self.faults.vanish_on_leave:
-            self._drop_off_bus()
+            self._drop_off_bus("reset")
             raise DeviceGone(f"{self!r} reset without answering")
         if self.faults.err_verify:
             self.state, self.status = DFU_ERROR, ERR_VERIFY
             return
         # manifestation intolerant: the bootloader resets once this status is out
         self.state = self.kind.leave_state
-        self._reset_after_reply = True
+        self._leave_after_reply = "reset"
 
     def _execute(self, pending: _Pending) -> float:
         """Run a command or data block; returns its cost. Checks fail at once (dfuERROR), flash errors after busy."""
@@ -366,7 +369,7 @@ class DfuDevice:
             return memory.mass_erase()
         if cmd[0] == CMD_READ_UNPROTECT and len(cmd) == 1:
             cost = self.memories[0].mass_erase()
-            self._reset_after_reply = True  # AN3156: erases everything, then resets
+            self._leave_after_reply = "reset"  # AN3156: erases everything, then resets
             return cost
         raise AccessError(f"DfuSe command {cmd.hex()} malformed")
 

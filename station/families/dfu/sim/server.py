@@ -35,52 +35,31 @@ def registry_entry(device: DfuDevice, location: str, url: str) -> dict:
             "description": k.product, "manufacturer": k.manufacturer}
 
 
-class DfuSimServer:
-    """Indexes in this API are 0-based positions in `devices`; locations and url slots count from 1."""
+class UsbSimService:
+    """The usbsim:// side of a set of emulated DFU devices: one loopback TCP listener, an emulated bus, slot N =
+    device N-1. It never plugs anything by itself; its owner decides when a device is on the bus."""
 
-    def __init__(self, devices: Sequence[DfuDevice], registry_dir: str | os.PathLike, host: str = "127.0.0.1",
-                 port: int = 0):
+    def __init__(self, devices: Sequence[DfuDevice], host: str = "127.0.0.1", port: int = 0, bus: int = SIM_BUS):
         self.devices = list(devices)
-        self.registry_dir = Path(registry_dir)
         self.host = host
         self.port = port
-        self.bus = EmulatedUsbBackend(bus=SIM_BUS)
+        self.bus = EmulatedUsbBackend(bus=bus)
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
-        for device in self.devices:
-            device.add_listener(self._withdraw)
-
-    @property
-    def locations(self) -> list[str]:
-        return [f"{LOCATION_PREFIX}.{i + 1}" for i in range(len(self.devices))]
 
     def url(self, index: int) -> str:
         return f"usbsim://{self.host}:{self.port}/{index + 1}"
 
-    @property
-    def urls(self) -> list[str]:
-        return [self.url(i) for i in range(len(self.devices))]
-
-    def registry_path(self, index: int) -> Path:
-        return self.registry_dir / f"{self.locations[index]}.json"
-
-    # --- lifecycle ------------------------------------------------------------------------------------------------
-
-    def start(self) -> "DfuSimServer":
-        self.registry_dir.mkdir(parents=True, exist_ok=True)
+    def listen(self) -> None:
         listener = socket.create_server((self.host, self.port))
         self.port = listener.getsockname()[1]
         self._listener = listener
-        self._spawn(self._accept_loop, "dfu-sim-accept")
-        for i in range(len(self.devices)):
-            self.plug(i)
-        return self
+        self._spawn(self._accept_loop, "usb-sim-accept")
 
-    def stop(self) -> None:
-        for i in range(len(self.devices)):
-            self.unplug(i)
+    def close(self) -> None:
+        """Stop listening and drop every connection (the devices stay as they are)."""
         if self._listener is not None:
             try:
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() (close alone does not)
@@ -99,29 +78,6 @@ class DfuSimServer:
             thread.join(timeout=5)
         self._threads.clear()
 
-    def __enter__(self) -> "DfuSimServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def plug(self, index: int) -> None:
-        """Plug in (again): a new enumeration with a new address; the registry file appears."""
-        device = self.devices[index]
-        if device.attachment is None:
-            self.bus.plug(device, port=index + 1)
-            write_registry_file(self.registry_dir, registry_entry(device, self.locations[index], self.url(index)))
-
-    def unplug(self, index: int) -> None:
-        """Yank the cable: requests in flight and later ones fail with ENODEV; the registry file goes."""
-        self.bus.unplug(self.devices[index])
-
-    def is_plugged(self, index: int) -> bool:
-        return self.devices[index].attachment is not None
-
-    def _withdraw(self, device: DfuDevice) -> None:
-        self.registry_path(self.devices.index(device)).unlink(missing_ok=True)
-
     # --- serving --------------------------------------------------------------------------------------------------
 
     def _spawn(self, target, name: str, *args) -> None:
@@ -139,7 +95,7 @@ class DfuSimServer:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.add(conn)
-            self._spawn(self._serve, f"dfu-sim-conn-{conn.fileno()}", conn)
+            self._spawn(self._serve, f"usb-sim-conn-{conn.fileno()}", conn)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -195,3 +151,78 @@ class DfuSimServer:
             raise DeviceGone(f"nothing plugged in slot {slot}")
         return {"descriptors": device.descriptors.to_dict(), "bus": attachment.bus, "address": attachment.address,
                 "port_numbers": list(attachment.port_numbers)}
+
+
+class DfuSimServer:
+    """Indexes in this API are 0-based positions in `devices`; locations and url slots count from 1."""
+
+    def __init__(self, devices: Sequence[DfuDevice], registry_dir: str | os.PathLike, host: str = "127.0.0.1",
+                 port: int = 0):
+        self.usb = UsbSimService(devices, host, port)
+        self.devices = self.usb.devices
+        self.registry_dir = Path(registry_dir)
+        for device in self.devices:
+            device.add_listener(self._withdraw)
+
+    @property
+    def bus(self) -> EmulatedUsbBackend:
+        return self.usb.bus
+
+    @property
+    def host(self) -> str:
+        return self.usb.host
+
+    @property
+    def port(self) -> int:
+        return self.usb.port
+
+    @property
+    def locations(self) -> list[str]:
+        return [f"{LOCATION_PREFIX}.{i + 1}" for i in range(len(self.devices))]
+
+    def url(self, index: int) -> str:
+        return self.usb.url(index)
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(i) for i in range(len(self.devices))]
+
+    def registry_path(self, index: int) -> Path:
+        return self.registry_dir / f"{self.locations[index]}.json"
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    def start(self) -> "DfuSimServer":
+        self.registry_dir.mkdir(parents=True, exist_ok=True)
+        self.usb.listen()
+        for i in range(len(self.devices)):
+            self.plug(i)
+        return self
+
+    def stop(self) -> None:
+        for i in range(len(self.devices)):
+            self.unplug(i)
+        self.usb.close()
+
+    def __enter__(self) -> "DfuSimServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def plug(self, index: int) -> None:
+        """Plug in (again): a new enumeration with a new address; the registry file appears."""
+        device = self.devices[index]
+        if device.attachment is None:
+            self.bus.plug(device, port=index + 1)
+            write_registry_file(self.registry_dir, registry_entry(device, self.locations[index], self.url(index)))
+
+    def unplug(self, index: int) -> None:
+        """Yank the cable: requests in flight and later ones fail with ENODEV; the registry file goes."""
+        self.bus.unplug(self.devices[index])
+
+    def is_plugged(self, index: int) -> bool:
+        return self.devices[index].attachment is not None
+
+    def _withdraw(self, device: DfuDevice) -> None:
+        self.registry_path(self.devices.index(device)).unlink(missing_ok=True)

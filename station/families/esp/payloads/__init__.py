@@ -1,8 +1,26 @@
 """Per-device payload images (NVS, partition tables, ...) built in memory."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLIENT_CERT_PATH = "/client.der"
+CLIENT_KEY_PATH = "/client.key"
+CERTS_AR_PATH = "/certs.ar"
 
 
 class PayloadError(ValueError):
     """A payload cannot be built or read; the message names the thing and the fix."""
+
+
+@dataclass(frozen=True)
+class IdentityFileNames:
+    """Where BearSSL firmware finds its identity on its filesystem (LittleFS or SPIFFS); None: not written."""
+
+    client_cert: str = CLIENT_CERT_PATH
+    client_key: str = CLIENT_KEY_PATH
+    ca: str | None = None  # the CA certificate as one DER file
+    trust_store: str | None = CERTS_AR_PATH  # the CA certificates as a certs.ar archive
+    fingerprint: str | None = None  # the broker certificate's fingerprint as text, "AB:CD:..."
 
 
 def load_der_certificate(der: bytes, what: str):

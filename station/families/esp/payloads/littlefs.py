@@ -33,11 +33,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from littlefs import LittleFS, LittleFSError, UserContext
 
-from station.families.esp.payloads import PayloadError, check_key_matches, load_der_certificate
+from station.families.esp.payloads import (  # the default names stay importable from here, where they were
+    CERTS_AR_PATH,  # noqa: F401
+    CLIENT_CERT_PATH,  # noqa: F401
+    CLIENT_KEY_PATH,  # noqa: F401
+    IdentityFileNames,
+    PayloadError,
+    check_key_matches,
+    load_der_certificate,
+)
 
-CLIENT_CERT_PATH = "/client.der"
-CLIENT_KEY_PATH = "/client.key"
-CERTS_AR_PATH = "/certs.ar"
 DISK_VERSION_2_0 = 0x00020000
 DISK_VERSION_2_1 = 0x00020001
 
@@ -70,29 +75,43 @@ def identity_files(
     device_cert_der: bytes,
     private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None,
     ca_certs_der: list[bytes],
+    names: IdentityFileNames = IdentityFileNames(),
+    fingerprint: bytes | None = None,
 ) -> dict[str, bytes]:
-    """The files BearSSL firmware reads its identity from.
+    """The files BearSSL firmware reads its identity from, under `names`.
 
-    `/client.der` always; `/client.key` only for a host-made key (SEC1 "raw EC" DER for EC,
-    PKCS#1 DER for RSA, both of which BearSSL's key decoder takes); `/certs.ar` only when CA
-    certificates are given (members `ca_000.der`, `ca_001.der`, ... in the order given).
+    The client certificate (DER) always; the key only for a host-made key (SEC1 "raw EC" DER for
+    EC, PKCS#1 DER for RSA, both of which BearSSL's key decoder takes); when CA certificates are
+    given, the trust store (members `ca_000.der`, `ca_001.der`, ... in the order given) and/or the
+    one CA as DER; the broker's certificate fingerprint as the text `setFingerprint()` takes.
     """
     device_cert = load_der_certificate(device_cert_der, "device certificate")
-    files = {CLIENT_CERT_PATH: device_cert.public_bytes(serialization.Encoding.DER)}
+    files = {names.client_cert: device_cert.public_bytes(serialization.Encoding.DER)}
     if private_key is not None:
         _check_key(private_key, device_cert)
-        files[CLIENT_KEY_PATH] = private_key.private_bytes(
+        files[names.client_key] = private_key.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
         )
-    if ca_certs_der:
-        members = []
-        for n, der in enumerate(ca_certs_der):
-            cert = load_der_certificate(der, f"CA certificate #{n + 1}")
-            members.append((f"ca_{n:03d}.der", cert.public_bytes(serialization.Encoding.DER)))
-        files[CERTS_AR_PATH] = build_ar(members)
+    cas = [load_der_certificate(der, f"CA certificate #{n + 1}").public_bytes(serialization.Encoding.DER)
+           for n, der in enumerate(ca_certs_der)]
+    if cas and names.trust_store:
+        files[names.trust_store] = build_ar([(f"ca_{n:03d}.der", der) for n, der in enumerate(cas)])
+    if cas and names.ca:
+        if len(cas) > 1:
+            raise PayloadError(f"{names.ca} holds one DER CA certificate, but {len(cas)} were given; "
+                               "name a trust_store (certs.ar) for several.")
+        files[names.ca] = cas[0]
+    if fingerprint is not None and names.fingerprint:
+        files[names.fingerprint] = fingerprint_text(fingerprint)
     return files
+
+
+def fingerprint_text(digest: bytes) -> bytes:
+    """A certificate fingerprint as BearSSL's `WiFiClientSecure::setFingerprint(const char *)` parses it:
+    hex pairs, here upper-case and separated by colons (as `openssl x509 -fingerprint` prints them)."""
+    return digest.hex(":").upper().encode("ascii")
 
 
 # --- LittleFS ---------------------------------------------------------------------------
@@ -118,7 +137,7 @@ def build_identity_fs(
         )
     paths: dict[str, bytes] = {}
     for name, data in files.items():
-        path = _check_path(name, name_max)
+        path = check_path(name, name_max)
         if path in paths:
             raise PayloadError(f"LittleFS file {path} is given twice; keep one of them.")
         if not isinstance(data, (bytes, bytearray)):
@@ -266,7 +285,7 @@ def _check_geometry(size: int, block_size: int, name_max: int, what: str) -> Non
         )
 
 
-def _check_path(path: str, name_max: int) -> str:
+def check_path(path: str, name_max: int) -> str:
     if not isinstance(path, str) or not path.strip("/"):
         raise PayloadError(f"LittleFS file name {path!r} is empty; name the file, e.g. /client.der.")
     parts = (path[1:] if path.startswith("/") else path).split("/")

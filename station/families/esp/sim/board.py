@@ -12,7 +12,8 @@ and IO0 through two transistors) when the transport carries modem lines (espsim:
 itself on transports that cannot (socket://, pty: `EspBoard.reset`, always into download mode).
 
 The app mode is what the flashed firmware does after boot: by default `flashed_app` looks at the app in
-flash and runs the on-board identity agent (station.families.esp.sim.agent) when the app declares it, else a silent app.
+flash and runs the on-board identity agent (station.families.esp.sim.agent) and Improv Wi-Fi serial
+(station.families.esp.sim.improv) when the app declares them, else a silent app.
 Stub code is never executed; uploading it only switches behaviour.
 """
 from __future__ import annotations
@@ -202,11 +203,27 @@ class IdleAppMode:
         pass
 
 
-def flashed_app(board: "EspBoard") -> BoardMode:
-    """The default app: whatever the app in flash declares (the identity agent), else an idle app."""
-    from station.families.esp.sim.agent import agent_for_flash  # the agent imports this module
+class SharedUart:
+    """An app running several serial protocols on one UART (the identity agent and Improv): each hears every
+    byte and answers only its own frames."""
 
-    return agent_for_flash(board) or IdleAppMode(board)
+    def __init__(self, modes: list[BoardMode]):
+        self.modes = modes
+
+    def receive(self, data: bytes) -> None:
+        for mode in self.modes:
+            mode.receive(data)
+
+
+def flashed_app(board: "EspBoard") -> BoardMode:
+    """The default app: whatever the app in flash declares (the identity agent, Improv Wi-Fi), else an idle app."""
+    from station.families.esp.sim.agent import agent_for_flash  # these import this module
+    from station.families.esp.sim.improv import ImprovMode, app_declares_improv
+
+    modes: list[BoardMode] = [m for m in (agent_for_flash(board),) if m is not None]
+    if app_declares_improv(board):
+        modes.append(ImprovMode(board))
+    return modes[0] if len(modes) == 1 else SharedUart(modes) if modes else IdleAppMode(board)
 
 
 class Op:
@@ -721,6 +738,8 @@ class EspBoard:
         self._boot_changed = threading.Condition()
         self.flash_bytes_received = 0
         self.identity = None  # the firmware's secure storage: the identity agent's key and certificates
+        self.access_points: dict[str, str] = {}  # the Wi-Fi networks in range: SSID -> passphrase
+        self.wifi: tuple[str, str] | None = None  # the network the firmware joined (SSID, passphrase), kept
         # the auto-reset circuit: DTR/RTS as the USB bridge drives them (True = asserted), in host time
         self.dtr = self.rts = False
         self.powered = True  # the server powers boards off while they are unplugged

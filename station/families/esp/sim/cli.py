@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 
 import click
 
@@ -11,6 +12,9 @@ from station.sim.cli import apply_faults, serve_until_stopped
 from station.families.esp.sim.board import EspBoard, EspFaults
 from station.families.esp.sim.chips import MIXED_ORDER, chip_facts, parse_flash_size
 from station.families.esp.sim.server import EspSimServer
+
+
+ACCESS_POINT_PSK_ENV = "STATION_WIFI_PSK"
 
 
 def expand_chips(chips: tuple[str, ...]) -> list[str]:
@@ -52,9 +56,12 @@ def parse_host_port(text: str) -> tuple[str, int]:
               help="Locations are <prefix>.1, <prefix>.2, ...; give each server its own prefix.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 255),
               help="Goes into the MACs so two servers' boards differ.")
+@click.option("--access-point", "access_points", multiple=True, metavar="SSID",
+              help=f"A Wi-Fi network in the boards' range, for firmware that joins by Improv; its passphrase is "
+                   f"read from ${ACCESS_POINT_PSK_ENV} (what a profile's psk_env usually names).")
 @click.option("-v", "--verbose", is_flag=True, help="Log protocol events to stderr.")
 def esp(chips, count, tcp, use_pty, baud_throttle, registry, flash_size, fault_specs, location_prefix, seed,
-        verbose) -> None:
+        access_points, verbose) -> None:
     """Serve COUNT emulated ESP boards that the stock esptool accepts (socket:// URLs or ptys).
 
     Each TCP board also answers espsim:// on the same port (serial plus DTR/RTS, for the station: its
@@ -69,6 +76,13 @@ def esp(chips, count, tcp, use_pty, baud_throttle, registry, flash_size, fault_s
         raise click.BadParameter(str(e)) from None
     host, port = parse_host_port(tcp)
     boards = build_boards(chip_names, count, size, seed, fault_specs)
+    if access_points:
+        psk = os.environ.get(ACCESS_POINT_PSK_ENV)
+        if not psk:
+            raise click.BadParameter(f"set ${ACCESS_POINT_PSK_ENV} to the networks' passphrase",
+                                     param_hint="--access-point")
+        for board in boards:
+            board.access_points = {ssid: psk for ssid in access_points}
     server = EspSimServer(boards, host=host, base_port=port, transport="pty" if use_pty else "tcp",
                           throttle=baud_throttle, registry_dir=registry, location_prefix=location_prefix)
 

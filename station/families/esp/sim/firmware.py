@@ -54,6 +54,7 @@ _BOOTLOADER_DESC = struct.Struct("<B3sI32s24s16s")  # esp_bootloader_desc_t, 80 
 _BOOTLOADER_DESC_MAGIC = 0x50
 _MMU_PAGE = 0x10000
 _AGENT_MARKER = b"STATION-AGENT/1\0"  # = station.families.esp.sim.agent.AGENT_MARKER: the provisioning agent's banner
+_IMPROV_MARKER = b"IMPROV\x01"  # = station.families.esp.sim.improv.IMPROV_MARKER: the Improv serial packet header
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def make_app_image(
     compressible: bool = True,
     arduino: bool = False,
     identity_agent: bool = False,
+    improv: bool = False,
 ) -> bytes:
     """A valid app image for `chip` of roughly `size` bytes (at least the minimal image).
 
@@ -94,6 +96,8 @@ def make_app_image(
     `identity_agent`: the app links the station's provisioning agent, i.e. its read-only data holds the agent's
     banner string `STATION-AGENT/1` (docs/agent-protocol.md); an emulated board runs the agent when it boots
     such an app. Off by default, and then the bytes are exactly what they always were.
+    `improv`: the app speaks Improv Wi-Fi serial, i.e. its read-only data holds the packet header constant
+    `IMPROV` + version 1; an emulated board runs Improv when it boots such an app. Off by default, likewise.
     """
     _check_text("project_name", project_name)
     _check_text("version", version)
@@ -101,8 +105,9 @@ def make_app_image(
     rng = random.Random(f"{rom.CHIP_NAME}/{project_name}/{version}/{seed}")  # str seeds are stable
     fill = _filler(rng, compressible)
 
-    def rodata_fill(n: int) -> bytes:  # read-only data, led by the agent's banner when the app links the agent
-        return _AGENT_MARKER + fill(n - len(_AGENT_MARKER)) if identity_agent else fill(n)
+    def rodata_fill(n: int) -> bytes:  # read-only data, led by the agent's banner and Improv's header when linked
+        head = (_AGENT_MARKER if identity_agent else b"") + (_IMPROV_MARKER if improv else b"")
+        return head + fill(n - len(head))
 
     if rom is ESP8266ROM:
         if arduino:
@@ -313,9 +318,17 @@ DEMO_PRODUCTS = {
 }
 
 
+ARDUINO_PRODUCTS = {
+    # directory: (project, version, app size, seed): one Arduino ESP8266 .bin for 0x0, no partition table
+    "mqtt-node-esp8266": ("mqtt-node", "1.0.0", 300 * 1024, 5),  # identity files in SPIFFS, Wi-Fi by Improv
+}
+
+
 def demo_firmware_set() -> dict[str, list[tuple[int, str, bytes]]]:
     """directory -> [(flash offset, file name, bytes)] for the shipped demo profiles."""
-    result = {}
+    result = {directory: [(0x0, f"{project}.bin", make_app_image("ESP8266", project, version, size=size,
+                                                                    seed=seed, arduino=True, improv=True))]
+              for directory, (project, version, size, seed) in ARDUINO_PRODUCTS.items()}
     for directory, (chip, project, version, size, seed, agent) in DEMO_PRODUCTS.items():
         app = make_app_image(chip, project, version, size=size, seed=seed, identity_agent=agent)
         rom = rom_class(chip)
