@@ -5,6 +5,7 @@ station and verifies."""
 import base64
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,7 @@ COUNTER_TEMPLATE = "SN{counter:06d}"
 
 def counter_profile(folder: Path) -> Path:
     """The shipped demo profile, its boards numbered by the station's counter, without a cloud."""
-    text = SHIPPED.read_text().replace('file = "firmware/', f'file = "{SHIPPED.parent}/firmware/')
+    text = re.sub(r'file = "([^"/][^"]*)"', lambda m: f'file = "{SHIPPED.parent / m.group(1)}"', SHIPPED.read_text())
     text = text.replace('serial_template = "{chip}-{mac_hex}"',
                         f'serial_template = "{COUNTER_TEMPLATE}"\ncounter_start = 1000')
     text = text.split("[cloud]")[0]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -56,7 +57,7 @@ STEPS = ("detect", "check", "flash", "write-data", "verify", "reset")
 
 def counter_profile(folder: Path):
     shipped = REPO / "profiles" / "demo-mixed.toml"
-    text = shipped.read_text().replace('file = "firmware/', f'file = "{shipped.parent}/firmware/')
+    text = re.sub(r'file = "([^"/][^"]*)"', lambda m: f'file = "{shipped.parent / m.group(1)}"', shipped.read_text())
     text = text.replace('serial_template = "{chip}-{mac_hex}"', 'serial_template = "SN{counter:06d}"')
     path = folder / "counter.toml"
     path.write_text(text.split("[cloud]")[0])
