@@ -422,6 +422,9 @@ def add_row(db: sqlite3.Connection, device_id: str, registrar: str, payload: Dev
 
 def registrars_of(db: sqlite3.Connection, device_id: str) -> list[str]:
     """The registrars a device has registration rows with (a void goes to each of them)."""
+    if isinstance(db, sqlite3.Connection) and db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'registrations'").fetchone() is None:
+        return []  # a journal file that never had a [cloud] profile: the board was registered nowhere
     return [r[0] for r in db.execute("SELECT DISTINCT registrar FROM registrations WHERE device_id = ? ORDER BY 1",
                                      (device_id,))]
 
