@@ -8,6 +8,7 @@ packages=(
   mosquitto mosquitto-clients openssl        # the local cloud (broker + dynamic security) and cert checks
   softhsm2                                   # PKCS#11 token for CA keys (tests use it; real HSMs work the same)
   binutils                                   # ar: the tests check certs.ar trust stores against GNU ar
+  postgresql                                 # the factory database: tests run a server of their own (initdb)
   libusb-1.0-0                               # pyusb's backend: boards in USB DFU mode
   libegl1 libgl1 libglx0 libfontconfig1 libfreetype6 libxkbcommon0 libglib2.0-0 libdbus-1-3
   libx11-6 libxcb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0
@@ -51,5 +52,9 @@ $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 # the packaged broker is not ours to run: the station starts its own on loopback when it needs one
 if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
   $SUDO systemctl disable --now mosquitto || true
+fi
+# likewise the packaged PostgreSQL cluster: a factory runs its own server, the tests start theirs
+if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/dev/null; then
+  $SUDO systemctl disable --now postgresql || true
 fi
 particle_cli

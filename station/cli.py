@@ -12,6 +12,7 @@ import click
 from station import services
 from station.cloud import CloudError
 from station.cloud.cli import cloud, ota
+from station.db_cli import db
 from station.discovery import Discovery, PortSource, hub_sources
 from station.discovery.static_ports import StaticPortSource
 from station.engine import BatchSummary, Engine
@@ -23,7 +24,7 @@ from station.manifest_sign import verify_command
 from station.profile_library import available_profiles, find_profile, shipped_profiles_dir, user_profiles_dir
 from station.profiles import Profile, ProfileError, load_profile, resolve_psk
 from station.secrets import SecretError
-from station.settings import data_dir, operator, station_id
+from station.settings import data_dir, db_url, offline_boards, operator, station_id
 from station.sim.cli import sim
 from station.store import StoreError
 from station.terminal import TerminalReport
@@ -46,16 +47,20 @@ class StationGroup(click.Group):
 @click.group(cls=StationGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="STATION_DATA_DIR",
               help="Where the journal lives (default: the user data dir; env STATION_DATA_DIR).")
+@click.option("--db", "db_url", metavar="postgresql://USER@HOST[:PORT]/DB", envvar="STATION_DB",
+              help="The factory's shared database (env STATION_DB, else `station db init --url`); the password "
+                   "comes from STATION_DB_PASSWORD or the keyring, never the URL.")
 @click.pass_context
-def main(ctx: click.Context, data_dir: str | None) -> None:
+def main(ctx: click.Context, data_dir: str | None, db_url: str | None) -> None:
     """USB provisioning station: many boards at once, every step journaled."""
-    ctx.obj = {"data_dir": data_dir}
+    ctx.obj = {"data_dir": data_dir, "db": db_url}
 
 
 main.add_command(sim)
 main.add_command(ca)
 main.add_command(cloud)
 main.add_command(ota)
+main.add_command(db)
 
 
 @main.group()
@@ -73,6 +78,15 @@ def _open_journal(ctx: click.Context, sub: str = "") -> tuple[Journal, Path]:
         click.echo(f"note: board on {dev.port} (batch {dev.batch_id}, {dev.chip or 'chip unknown'}) was interrupted "
                    f"last time; it needs provisioning again.", err=True)
     return journal, base
+
+
+def _open_record(ctx: click.Context) -> Journal:
+    """What `devices` and `export` read: every station's record on the factory database, else this journal."""
+    base = data_dir(ctx.obj["data_dir"])
+    url = db_url(base, ctx.obj["db"])
+    if not url:
+        return _open_journal(ctx)[0]
+    return services.open_record(base, url, _echo_note)
 
 
 def _load(name_or_path: str) -> tuple[Profile, str | None]:
@@ -93,6 +107,7 @@ def _open_ca(ctx: click.Context) -> StationCA:
 
 
 REGISTRATION_GRACE = 15.0  # seconds the command line waits for the cloud after the last board
+REPLICATION_GRACE = 15.0  # seconds it waits for the factory database to take the batch's records
 
 
 async def _run(engine: Engine, one_touch: bool, allowed: set[str] | None) -> BatchSummary:
@@ -118,12 +133,22 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
                lot: str, verbose: bool, reprovision: bool = False, journal_sub: str = "",
                broker=None) -> BatchSummary:
     journal, base = _open_journal(ctx, journal_sub)
+    url = None if journal_sub else db_url(base, ctx.obj["db"])  # the demo's journal is kept apart
+    replica = None
     try:
+        if url:
+            replica = services.open_replica(base, url, station_id(base))
+            if not replica.online:
+                click.echo(f"warning: {replica.last_error}; provisioning on, the records wait in the journal file",
+                           err=True)
         engine = services.build_engine(profile, Discovery(sources), journal, data=base,
                                        operator=operator(operator_name), station_id=station_id(base), lot=lot,
-                                       psk=psk, ca=ca, broker=broker, reprovision=reprovision)
-    except (CloudError, ValueError, OSError) as exc:  # a registrar that can't be made: say why, touch no board
+                                       psk=psk, ca=ca, broker=broker, reprovision=reprovision, replica=replica,
+                                       offline_boards=offline_boards(base))
+    except (CloudError, ValueError, OSError, StoreError) as exc:  # say why, touch no board
         journal.close()
+        if replica is not None:
+            replica.close()
         raise click.ClickException(str(exc)) from None
     engine.subscribe(TerminalReport(verbose=verbose))
     click.echo(f"profile: {profile.summary()}")
@@ -132,9 +157,22 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
     finally:
         engine.close()
         journal.close()
+        if replica is not None:
+            _hand_in(replica)
     for key, reason in summary.failed.items():
         click.echo(f"FAILED {key}: {reason}", err=True)
     return summary
+
+
+def _hand_in(replica, grace: float = REPLICATION_GRACE) -> None:
+    """Give the factory database a moment to take what the batch wrote; say what still waits, then stop."""
+    try:
+        left = replica.flush(grace)
+    finally:
+        replica.close()
+    if left:
+        click.echo(f"{left} journal entries wait for the station database ({replica.last_error or 'not reached'}); "
+                   f"they go out with `station db sync` or the next time the station runs", err=True)
 
 
 @main.command()
@@ -316,13 +354,15 @@ def void(ctx, device_id, reason):
 @click.option("--batch", "batch_id", help="Only this batch.")
 @click.pass_context
 def devices(ctx, batch_id):
-    """List provisioned devices from the journal."""
-    journal, _ = _open_journal(ctx)
+    """List provisioned devices from the journal (every station's, with a factory database)."""
+    journal = _open_record(ctx)
     rows = journal.devices(batch_id)
-    click.echo(f"{'device id':<32} {'result':<12} {'port':<14} {'chip':<10} {'mac':<18} {'batch':<24} reason")
+    width = max([len(d.station_id) for d in rows] + [7])
+    click.echo(f"{'device id':<32} {'result':<12} {'station':<{width}} {'port':<14} {'chip':<10} {'mac':<18} "
+               f"{'batch':<24} reason")
     for d in rows:  # the device id is what `station void` takes (or enough of its start to be unique)
-        click.echo(f"{d.id:<32} {d.result:<12} {d.port:<14} {d.chip:<10} {d.mac:<18} {d.batch_id:<24} "
-                   f"{d.reason}")
+        click.echo(f"{d.id:<32} {d.result:<12} {d.station_id:<{width}} {d.port:<14} {d.chip:<10} {d.mac:<18} "
+                   f"{d.batch_id:<24} {d.reason}")
     click.echo(f"{len(rows)} devices")
     journal.close()
 
@@ -342,7 +382,8 @@ def export(ctx, fmt, batch_id, unsigned, output):
     from station.manifest import device_records, write_csv, write_jsonl
     from station.manifest_sign import sign_manifest
 
-    journal, base = _open_journal(ctx)
+    base = data_dir(ctx.obj["data_dir"])
+    journal = _open_record(ctx)
     outbox = Outbox(journal.path)
     try:
         states = outbox.device_states()  # each record carries its registration state, as the window's export does

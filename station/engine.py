@@ -22,6 +22,7 @@ from station.cloud.registrar import DeviceRegistration, Registrar
 from station.identity.ca import StationCA
 from station.identity.ledger import Ledger, void_certificate
 from station.journal import Journal, write_end, write_identity
+from station.serials import void_serials
 from station.model import Mode, PortInfo, PortKey, Result, StepFailed
 from station.steps import DeviceContext, Session, Step
 from station.profiles import Profile
@@ -342,6 +343,8 @@ class Engine:
         plan = ctx.identity
         queued = False
         with self.journal.transaction() as db:
+            if self.ledger is not None and result is not Result.PASS:
+                void_serials(db, ctx.device_id)  # a failed board's {counter} number is recorded void, never reissued
             if plan is not None and plan.record:
                 if result is not Result.PASS and not plan.record["void"]:
                     void_certificate(db, plan.record["certificate_serial"], reason or result.value)

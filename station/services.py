@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from station.cloud import CloudError
 from station.cloud.registrar import Registrar
@@ -23,7 +23,11 @@ from station.engine import Engine
 from station.journal import DeviceRow, Journal
 from station.profiles import Profile
 from station.identity.ca import StationCA
+from station.store import StoreError
 from station.voiding import void_interrupted
+
+if TYPE_CHECKING:
+    from station.replica import Replica
 
 JOURNAL_FILE = "journal.sqlite3"
 DEMO_PSK_ENV = "STATION_DEMO_WIFI_PSK"  # the demo network's passphrase (made up per run unless given)
@@ -68,15 +72,63 @@ def registrar(profile: Profile, data: Path, ca: StationCA | None = None, broker=
     return registrar_for(profile.cloud, data, ca, broker)
 
 
+def open_replica(folder: Path, url: str, station_id: str) -> "Replica":
+    """The station's link to the factory database (station/replica.py), sending in the background; the journal
+    file in `folder` gets its spool."""
+    from station.replica import Replica
+
+    return Replica(Path(folder) / JOURNAL_FILE, url, station_id).start()
+
+
+def open_record(folder: Path, url: str | None, note: Note = lambda text, level: None) -> Journal:
+    """The record to list and export: every station's on the factory database when there is one (its own
+    journal file, with a warning, when the database can't be reached), else the station's own journal file."""
+    if url:
+        try:
+            return Journal(url)
+        except StoreError as exc:
+            note(f"{exc} Showing this station's own journal instead.", "warning")
+    return Journal(Path(folder) / JOURNAL_FILE)
+
+
+def _share_factory_record(engine: Engine, replica: "Replica", offline_boards: int) -> None:
+    """The engine's ledger looks at every station's certificates, and its {counter} numbers come from the
+    factory's sequence with `offline_boards` reserved ahead. Raises OutOfSerials when the profile numbers
+    boards, the database is away and none are reserved: the batch must not start."""
+    from station.identity.idevid import uses_counter
+    from station.serials import OutOfSerials
+
+    ledger = engine.ledger
+    if ledger is None:
+        return
+    ledger.remote = replica.find_live
+    pool = ledger.serials
+    pool.ahead, pool.draw, pool.where = offline_boards, replica.draw, replica.where
+    replica.pool = pool
+    spec = engine.profile.identity.certificate
+    if uses_counter(spec):
+        pool.use(spec.serial_template, spec.counter_start)
+        try:
+            pool.top_up(spec.serial_template)
+        except StoreError:
+            pass  # away: what is reserved carries the line
+        if pool.reserved(spec.serial_template) == 0:
+            engine.close()
+            raise OutOfSerials("Batch not started: " + pool.why_none(spec.serial_template))
+
+
 def build_engine(profile: Profile, discovery: Discovery, journal: Journal, *, data: Path, operator: str,
                  station_id: str, lot: str = "", psk: str | None = None, ca: StationCA | None = None,
                  broker=None, reprovision: bool = False, poll_interval: float = 0.25, watch_only: bool = False,
-                 on_registrar_error: Note | None = None) -> Engine:
+                 on_registrar_error: Note | None = None, replica: "Replica | None" = None,
+                 offline_boards: int = 10) -> Engine:
     """The engine for `profile`, with its certificate ledger and registration outbox in the journal's file.
 
     watch_only: an engine that only watches ports (the window's, before a batch): no CA and no outbox.
     on_registrar_error: a registrar that can't be made (a secret missing, …) is said there and passed boards
     wait in the outbox; without it the error is raised.
+    replica: the factory database's link (open_replica): "already provisioned" and {counter} numbers are then
+    every station's; raises OutOfSerials when the profile numbers boards and none can be had.
     """
     reg = None
     if watch_only:
@@ -88,8 +140,11 @@ def build_engine(profile: Profile, discovery: Discovery, journal: Journal, *, da
             if on_registrar_error is None:
                 raise
             on_registrar_error(f"cloud registration not set up ({exc}); passed boards wait in the outbox", "warning")
-    return Engine(profile, discovery, journal, operator=operator, station_id=station_id, lot=lot, psk=psk, ca=ca,
-                  registrar=reg, reprovision=reprovision, poll_interval=poll_interval)
+    engine = Engine(profile, discovery, journal, operator=operator, station_id=station_id, lot=lot, psk=psk, ca=ca,
+                    registrar=reg, reprovision=reprovision, poll_interval=poll_interval)
+    if replica is not None and not watch_only:
+        _share_factory_record(engine, replica, offline_boards)
+    return engine
 
 
 # --- the demo -----------------------------------------------------------------------------------------------------

@@ -15,6 +15,13 @@ rather than misread. A file made before versions were kept (user_version 0) hold
 made then; each store's first steps accept those as they are (CREATE … IF NOT EXISTS, a column added only
 when missing), so such a file migrates without losing a row. Migrating is one write transaction: every
 pending step, or none.
+
+The same stores also live on a PostgreSQL server (a factory's shared record): `connect("postgresql://…",
+schema)` gives a `PgConnection` that takes the very statements the stores write for SQLite (`?` parameters,
+BEGIN IMMEDIATE, RETURNING), so one store class serves both back ends. A schema's `postgres` steps are its
+PostgreSQL tables, versioned the same way in that database's `store_versions` table; migrating there holds an
+advisory lock, so stations starting at once migrate one after the other. The password comes from
+STATION_DB_PASSWORD or the keyring (station/secrets.py), never from the URL, so no log or profile carries it.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from typing import Callable, Iterator, Union
 FILE_FORMAT = 1  # PRAGMA user_version: 1 = store versions kept in `store_versions`
 BUSY_TIMEOUT_S = 30.0
 MEMORY = ":memory:"
+PG_SCHEMES = ("postgresql://", "postgres://")
 
 Step = Union[str, Callable[[sqlite3.Connection], None]]  # an SQL script, or code for what SQL can't say
 
@@ -34,12 +42,17 @@ class StoreError(Exception):
     """The journal file can't be used as it is. The message names the file and the fix."""
 
 
+class IntegrityError(Exception):
+    """A PostgreSQL constraint refused a write (what sqlite3.IntegrityError is for the file)."""
+
+
 @dataclass(frozen=True)
 class Schema:
     """One store's tables, as the steps that build them; append a step to change them, never edit one."""
 
     name: str  # "journal", "ledger", "outbox": its row in store_versions
     steps: tuple[Step, ...]
+    postgres: tuple[str, ...] = ()  # the same store's tables on PostgreSQL, as SQL scripts
 
     @property
     def version(self) -> int:
@@ -54,13 +67,23 @@ def add_column(table: str, column: str, declaration: str) -> Step:
     return step
 
 
-def connect(path: str | Path, schema: Schema) -> sqlite3.Connection:
-    """A connection to the file at `path` (":memory:" for a throw-away one) with `schema` up to date.
+def is_url(target: str | Path) -> bool:
+    """True for a PostgreSQL URL (postgresql://… or postgres://…), false for a journal file's path."""
+    return str(target).startswith(PG_SCHEMES)
+
+
+def connect(path: str | Path, schema: Schema):
+    """A connection to the file at `path` (":memory:" for a throw-away one) with `schema` up to date; for a
+    PostgreSQL URL, a PgConnection to that database (station/pg.py) with the schema's `postgres` tables.
 
     In autocommit mode (isolation_level=None): callers open their transactions themselves (BEGIN IMMEDIATE),
     so a commit happens exactly where they decide, e.g. at a step's end. Usable from any thread; callers
     serialise their use of it with a lock.
     """
+    if is_url(path):
+        from station.pg import connect_pg
+
+        return connect_pg(str(path), schema)
     memory = str(path) == MEMORY
     if not memory:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -126,4 +149,4 @@ def _statements(script: str) -> Iterator[str]:
         raise ValueError(f"unfinished SQL statement in a schema step: {pending.strip()[:60]}")
 
 
-__all__ = ["Schema", "Step", "StoreError", "add_column", "connect", "FILE_FORMAT", "BUSY_TIMEOUT_S"]
+__all__ = ["Schema", "Step", "StoreError", "IntegrityError", "add_column", "connect", "is_url", "FILE_FORMAT", "BUSY_TIMEOUT_S"]

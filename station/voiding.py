@@ -15,7 +15,9 @@ from station.cloud.registrar import DeviceRegistration
 from station.identity import ledger as ledger_store
 from station.identity.ledger import CertRecord
 from station.journal import Journal, write_identity
+from station import serials as serials_store
 from station.model import Result
+from station.serials import void_serials_of_interrupted
 from station.store import connect
 
 
@@ -67,6 +69,7 @@ def void_interrupted(journal: Journal) -> list[CertRecord]:
     Returns the certificates voided; each in one transaction with its journal record and outbox rows."""
     _ensure_tables(journal)
     with journal.transaction() as db:
+        void_serials_of_interrupted(db)
         live = _live_certificates_of_interrupted(db)
     for cert in live:
         with journal.transaction() as db:
@@ -104,5 +107,5 @@ def identity_of(db: sqlite3.Connection, device_id: str) -> dict:
 
 def _ensure_tables(journal: Journal) -> None:
     """The ledger's and the outbox's tables exist in the journal's file (a journal that never saw a CA has none)."""
-    for schema in (ledger_store.SCHEMA, outbox_store.SCHEMA):
+    for schema in (ledger_store.SCHEMA, outbox_store.SCHEMA, serials_store.SCHEMA):
         connect(journal.path, schema).close()

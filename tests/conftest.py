@@ -72,14 +72,14 @@ def stations(tmp_path, arun, qtbot):
 
     made = []
 
-    def open_station(boards, profile, *, plug=True, prefix="sim-1", ca_provider=None, before_start=None):
+    def open_station(boards, profile, *, plug=True, prefix="sim-1", ca_provider=None, before_start=None, db=None):
         registry = tmp_path / "registry"
         registry.mkdir(exist_ok=True)
         server = EspSimServer(boards, registry_dir=registry, location_prefix=prefix)
         if plug:
             server.start()
         station = Station(tmp_path / "data", [SimPortSource(registry)], profile=profile, operator="tester",
-                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100)
+                          station_id="station-t", poll_interval=0.05, idle_scan_ms=100, db=db)
         if ca_provider is not None:
             station.controller.ca_provider = ca_provider
         if before_start is not None:
@@ -103,3 +103,25 @@ def stations(tmp_path, arun, qtbot):
 def no_user_profiles(tmp_path_factory, monkeypatch):
     """The developer's own profiles (~/.config/provisioning-station/profiles) never reach a test."""
     monkeypatch.setenv("STATION_PROFILES_DIR", str(tmp_path_factory.mktemp("user-profiles")))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for the session (tests/pg_server.py), stopped by PID at the end."""
+    from tests.pg_server import PgServer
+
+    server = PgServer().init().start()
+    try:
+        server.setup_role()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server, monkeypatch):
+    """A fresh database on the session's server; the station's password in STATION_DB_PASSWORD."""
+    from tests.pg_server import PASSWORD
+
+    monkeypatch.setenv("STATION_DB_PASSWORD", PASSWORD)
+    return pg_server.fresh_database()

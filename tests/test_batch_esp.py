@@ -279,3 +279,24 @@ def test_a_board_that_vanishes_while_its_certificate_is_issued_leaves_no_live_ce
     with Ledger(journal.path) as ledger:
         records = ledger.records()
     assert records and all(not r.live for r in records)  # issued, then voided with the failed board
+
+
+def test_reprovisioning_without_a_cloud_voids_the_old_certificate(profile, bench, tmp_path):
+    """A profile with identities but no [cloud]: the journal file has no outbox, and re-provisioning a board it
+    knows still ends with the old certificate void and the new one live."""
+    from dataclasses import replace
+
+    from station.identity.ledger import Ledger
+
+    no_cloud = replace(profile, cloud=None)
+    server = bench(demo_fleet(1))
+    journal = Journal(tmp_path / "journal.sqlite3")
+    assert run_batch(no_cloud, tmp_path / "registry", journal).ok
+    again = run_batch(no_cloud, tmp_path / "registry", journal, reprovision=True)
+    assert again.ok, again.failed
+    first, second = sorted(journal.devices(), key=lambda d: d.started)
+    assert first.identity["void"] is True and second.identity["void"] is False
+    with Ledger(tmp_path / "journal.sqlite3") as ledger:
+        assert [r.live for r in ledger.records()] == [False, True]
+    assert server.locations[0] == second.port
+    journal.close()

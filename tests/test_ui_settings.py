@@ -175,3 +175,24 @@ def test_the_demo_operator_answers_a_prompt_with_the_boards_buttons_not_the_cabl
     # RESET with BOOT held: the ROM loader waits for a download; the app did not boot
     assert isinstance(boards[0].mode, RomLoader) and boards[0].boot_count == boots
     assert boards[0].faults.wrong_boot_mode and not boards[0].boot_held and server.is_plugged(0)
+
+def test_the_factory_database_is_set_in_the_settings_without_its_password(station_on, qtbot):
+    import json
+
+    station, _server = station_on(demo_fleet(1), shipped_profiles_dir() / "demo-mixed.toml")
+    page = station.window.settings_page
+    station.window.tabs.setCurrentWidget(page)
+    assert "own journal file" in page.db_status.text()
+
+    page.db_url.setText("postgresql://station:hunter2@db.factory.lan/provisioning")
+    page.db_save.click()
+    assert "carries a password" in page.db_status.text() and "hunter2" not in page.db_status.text()
+    kept = station.data / "station.json"
+    assert not kept.exists() or "db" not in json.loads(kept.read_text())  # refused: nothing kept
+
+    page.db_url.setText("postgresql://station@db.factory.lan/provisioning")
+    page.offline_boards.setValue(25)
+    page.db_save.click()
+    kept = json.loads(kept.read_text())
+    assert kept["db"] == "postgresql://station@db.factory.lan/provisioning" and kept["offline_boards"] == 25
+    assert "next start" in page.db_status.text()

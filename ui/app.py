@@ -32,6 +32,7 @@ from station.profiles import WifiSpec, resolve_psk  # noqa: E402
 from station.store import StoreError  # noqa: E402
 from station.settings import data_dir as default_data_dir  # noqa: E402
 from station.settings import operator as operator_name  # noqa: E402
+from station.settings import db_url, offline_boards  # noqa: E402
 from station.settings import station_id as make_station_id  # noqa: E402
 from ui import theme  # noqa: E402
 from ui.bridge import EngineBridge  # noqa: E402
@@ -60,20 +61,27 @@ class Station:
     def __init__(self, data: Path, sources: list[PortSource], *, profile_dirs: Sequence[Path] | None = None,
                  profile: str | Path | None = None, operator: str | None = None, station_id: str | None = None,
                  listeners: Iterable[Callable] = (), poll_interval: float = 0.25, idle_scan_ms: int = 1000,
-                 title_suffix: str = "", psk_resolver: Callable[[WifiSpec], str] = resolve_psk):
+                 title_suffix: str = "", psk_resolver: Callable[[WifiSpec], str] = resolve_psk,
+                 db: str | None = None):
+        """`db`: the factory database's URL (station/replica.py): the journal's rows go there too, the history
+        shows every station's devices, and {counter} numbers come from its shared sequence."""
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
         self.profile_dirs = default_profile_dirs() if profile_dirs is None else list(profile_dirs)
         self.initial_profile = str(profile) if profile else None
         self.journal = Journal(self.data / services.JOURNAL_FILE)  # StoreError: run() says it in one line
+        sid = station_id or make_station_id(self.data)
+        self.replica = services.open_replica(self.data, db, sid) if db else None
+        self.record = services.open_record(self.data, db) if db else self.journal  # what the history lists
         self.settings = UiSettings(self.data)
         self.lock = SupervisorLock(self.data)
         self.bridge = EngineBridge()
         self.controller = StationController(
             self.bridge, self.journal, sources, self.settings, operator=operator_name(operator),
-            station_id=station_id or make_station_id(self.data), poll_interval=poll_interval,
+            station_id=sid, poll_interval=poll_interval,
             idle_scan_ms=idle_scan_ms, listeners=listeners, psk_resolver=psk_resolver)
-        self.window = MainWindow(self.controller, self.bridge, self.journal, self.settings, self.lock,
+        self.controller.replica, self.controller.offline_boards = self.replica, offline_boards(self.data)
+        self.window = MainWindow(self.controller, self.bridge, self.record, self.settings, self.lock,
                                  self.profile_dirs, title_suffix=title_suffix)
         self.exit_code = 0
         self._closed = False
@@ -235,6 +243,10 @@ class Station:
         self._closed = True
         await self.controller.shutdown()
         self.journal.close()
+        if self.record is not self.journal:
+            self.record.close()
+        if self.replica is not None:
+            self.replica.close()
 
 
 def make_app() -> QApplication:
@@ -320,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     data = default_data_dir(args.data_dir)
     sources = hub_sources(Path(args.sim_registry) if args.sim_registry else None)
-    return run(lambda: Station(data, sources, profile=profile, operator=args.operator))
+    return run(lambda: Station(data, sources, profile=profile, operator=args.operator, db=db_url(data)))
 
 
 if __name__ == "__main__":

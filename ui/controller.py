@@ -48,6 +48,8 @@ class StationController(QObject):
         self.bridge, self.journal, self.settings = bridge, journal, settings
         self.discovery = Discovery(sources)
         self.operator, self.station_id = operator, station_id
+        self.replica = None  # the factory database's link (station/replica.py), set by the station when it has one
+        self.offline_boards = 10  # boards it may provision with that database away
         self.poll_interval = poll_interval
         self.listeners = list(listeners)
         self.resolve_psk = psk_resolver
@@ -176,7 +178,8 @@ class StationController(QObject):
                 self.profile, self.discovery, self.journal, data=self.data_dir or Path("."), operator=self.operator,
                 station_id=self.station_id, lot=self.lot, psk=psk, ca=self.ca, broker=self.broker,
                 reprovision=self.reprovision_default, poll_interval=self.poll_interval, watch_only=not full,
-                on_registrar_error=lambda text, level: self._say(level, text))
+                on_registrar_error=lambda text, level: self._say(level, text), replica=self.replica,
+                offline_boards=self.offline_boards)
         except (StoreError, SecretError) as exc:  # the journal file's ledger/outbox tables can't be used
             self._say("error", str(exc))
             return None

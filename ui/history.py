@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from station.journal import BatchRow, DeviceRow, Journal, StepRow
+from station.store import StoreError
 from ui import theme
 from ui.bridge import EngineBridge
 from ui.state import Phase
@@ -133,7 +134,7 @@ class HistoryRow:
 
 
 class DeviceTable(QAbstractTableModel):
-    COLUMNS = ("Result", "Finished", "Port", "Chip", "MAC", "Lot", "Batch", "Reason", "Device")
+    COLUMNS = ("Result", "Finished", "Port", "Chip", "MAC", "Lot", "Batch", "Station", "Reason", "Device")
 
     def __init__(self, name: Callable[[str], str]):
         super().__init__()
@@ -160,7 +161,7 @@ class DeviceTable(QAbstractTableModel):
         d = row.device
         port = self._name(d.port)
         return (d.result.upper(), _when(d.ended or d.started), port if port == d.port else f"{port} ({d.port})",
-                d.chip, d.mac, row.lot, d.batch_id, d.reason, d.id)[column]
+                d.chip, d.mac, row.lot, d.batch_id, d.station_id, d.reason, d.id)[column]
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
@@ -206,7 +207,7 @@ class DeviceFilter(QSortFilterProxyModel):
             return True
         bare = self.text.replace(":", "").replace("-", "")
         identity = getattr(d, "identity", None) or {}
-        fields = (d.id, d.batch_id, row.lot, d.port, str(identity.get("subject_serial", "")),
+        fields = (d.id, d.batch_id, row.lot, d.port, d.station_id, str(identity.get("subject_serial", "")),
                   str(identity.get("certificate_serial", "")))
         return any(self.text in f.lower() for f in fields) or (bool(bare) and bare in d.mac.replace(":", "").lower())
 
@@ -340,7 +341,12 @@ class HistoryPage(QWidget):
         """Read the journal (in the executor) into the table; returns the number of devices."""
         async with self._loading:
             self._stale = False
-            rows, batches = await asyncio.get_running_loop().run_in_executor(None, self._read)
+            try:
+                rows, batches = await asyncio.get_running_loop().run_in_executor(None, self._read)
+            except StoreError as exc:  # the factory database away: the table keeps what it showed
+                self._stale = True
+                self.bridge.note(f"history: {exc}", "warning")
+                return self.model.rowCount()
             current = self.table.currentIndex()
             keep = current.data(Qt.ItemDataRole.UserRole).device.id if current.isValid() else None
             self.model.set_rows(rows)

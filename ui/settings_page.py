@@ -1,5 +1,5 @@
 """Settings: station CA and local cloud (not set up yet: their issues), Wi-Fi passphrase in the OS keyring,
-the supervisor lock, the hub layout and sounds. With the lock on, everything here except "Unlock" is disabled.
+the supervisor lock, the hub layout, the factory database and sounds. With the lock on, everything here except "Unlock" is disabled.
 
 Secrets: the Wi-Fi passphrase field only ever writes to the keyring (in the executor: the keyring may talk
 D-Bus) and is cleared right after; what is stored is never read back into the window, only whether it is
@@ -18,6 +18,9 @@ from PySide6.QtWidgets import (
     QPushButton, QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from station.pg import KEYRING_SERVICE, PASSWORD_ENV, check_url
+from station.settings import db_url, offline_boards, save_setting
+from station.store import StoreError
 from ui.bridge import EngineBridge
 from ui.controller import StationController
 from ui.lock import LockError, SupervisorLock
@@ -223,6 +226,28 @@ class SettingsPage(QScrollArea):
         self.guarded.append(self.lot_required)
         col.addWidget(rules)
 
+        # --- the factory database (station/replica.py)
+        factory = QGroupBox("Factory database: several stations, one record")
+        form = QFormLayout(factory)
+        self.db_url = QLineEdit()
+        self.db_url.setObjectName("dbUrl")
+        self.db_url.setPlaceholderText("postgresql://station@db.factory.lan/provisioning  (empty: this station's "
+                                       "journal file alone)")
+        self.offline_boards = QSpinBox()
+        self.offline_boards.setRange(0, 10_000)
+        self.offline_boards.setToolTip("How many boards this station may provision while the database is away "
+                                       "(device serial numbers reserved ahead)")
+        self.db_save = QPushButton("Save")
+        self.db_save.clicked.connect(self.save_database)
+        self.db_status = QLabel()
+        self.db_status.setWordWrap(True)
+        form.addRow("URL (no password):", self.db_url)
+        form.addRow("Boards offline:", self.offline_boards)
+        form.addRow(self.db_save)
+        form.addRow(self.db_status)
+        self.guarded += [self.db_url, self.offline_boards, self.db_save]
+        col.addWidget(factory)
+
         # --- sound
         snd = QGroupBox("Sound")
         line = QHBoxLayout(snd)
@@ -241,6 +266,36 @@ class SettingsPage(QScrollArea):
 
         controller.profileChanged.connect(self.refresh_wifi)
         self.refresh()
+
+    def refresh_database(self) -> None:
+        data = self.controller.data_dir
+        if data is None:
+            return
+        self.db_url.setText(db_url(data) or "")
+        self.offline_boards.setValue(offline_boards(data))
+        replica = self.controller.replica
+        if replica is None:
+            self.db_status.setText("This station keeps its record in its own journal file.")
+        else:
+            state = "connected" if replica.online else f"not reached ({replica.last_error})"
+            self.db_status.setText(f"{replica.where}: {state}; {replica.pending()} journal entries wait to go there.")
+
+    def save_database(self) -> bool:
+        """Keep the URL and the offline allowance in the station's settings; used from the next start."""
+        url = self.db_url.text().strip()
+        try:
+            if url:
+                check_url(url)
+        except StoreError as exc:
+            self.db_status.setText(str(exc))
+            self.bridge.note(str(exc), "error")
+            return False
+        save_setting(self.controller.data_dir, "db", url or None)
+        save_setting(self.controller.data_dir, "offline_boards", self.offline_boards.value())
+        self.db_status.setText(f"Saved; the station uses {'it' if url else 'its own journal file alone'} from its "
+                               f"next start. The password comes from {PASSWORD_ENV} or the OS keyring entry "
+                               f"{KEYRING_SERVICE}/<user>, never from this field.")
+        return True
 
     def showEvent(self, event) -> None:  # noqa: N802
         super().showEvent(event)
@@ -264,6 +319,7 @@ class SettingsPage(QScrollArea):
             asyncio.ensure_future(self._show_status(status, label))
         self.refresh_ports()
         self.refresh_wifi()
+        self.refresh_database()
 
     async def _show_status(self, status: Callable, label: QLabel) -> None:
         result = status()

@@ -77,6 +77,7 @@ class IdevidProfile:
     lifetime_days: int | None = None
     key_usage: tuple[str, ...] | None = None
     extended_key_usage: tuple[str, ...] | None = None
+    counter_start: int = 1  # the first {counter} number (station/serials.py)
 
     def __post_init__(self) -> None:
         for name in ("key_usage", "extended_key_usage"):
@@ -110,8 +111,9 @@ def parse_identity_table(raw: dict, where: str) -> IdevidProfile:
                 "masa_url"):
         if key in raw:
             values[key] = _typed(raw, key, str, where)
-    if "lifetime_days" in raw:
-        values["lifetime_days"] = _typed(raw, "lifetime_days", int, where)
+    for key in ("lifetime_days", "counter_start"):
+        if key in raw:
+            values[key] = _typed(raw, key, int, where)
     for key in ("key_usage", "extended_key_usage"):
         if key in raw:
             items = _typed(raw, key, list, where)
@@ -277,6 +279,11 @@ def _render(template: str, key: str, facts: dict) -> str:
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"The {key} template {template!r} can't be rendered with this board's facts ({exc}); "
                             f"check the format specs against the facts' types.") from None
+
+
+def uses_counter(profile: IdevidProfile) -> bool:
+    """The serial template numbers boards with the station's counter ({counter}): see station/serials.py."""
+    return "counter" in _template_fields(profile.serial_template)
 
 
 def render_serial(profile: IdevidProfile, facts: dict) -> str:

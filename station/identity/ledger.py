@@ -18,13 +18,15 @@ import threading
 import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from station.identity import LedgerError
-from station.store import MEMORY, Schema, connect
+from station.serials import SerialPool
+from station.store import MEMORY, IntegrityError, Schema, connect, is_url
 
 JOURNAL_FILE = "journal.sqlite3"  # the journal's file name in the data dir (station/cli.py)
 
@@ -46,7 +48,29 @@ CREATE UNIQUE INDEX IF NOT EXISTS certificates_live_subject ON certificates(subj
 CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
 """
 
-SCHEMA = Schema("ledger", (TABLES_V1,))  # version 1: the table as made before versions were kept
+# On PostgreSQL the stations' ledgers meet. A key or a live device serial there twice is a finding that
+# `station db status` reports, not a write refused: each station refused it already in its own file, and a
+# station that was offline must still be able to hand its records in.
+PG_TABLES_V1 = """
+CREATE TABLE IF NOT EXISTS certificates (
+    serial_hex TEXT PRIMARY KEY,
+    subject_serial TEXT NOT NULL,
+    device_id TEXT,
+    public_key_sha256 TEXT NOT NULL,
+    key_origin TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    issued DOUBLE PRECISION NOT NULL,
+    voided DOUBLE PRECISION,
+    void_reason TEXT,
+    issuer_sha256 TEXT NOT NULL DEFAULT '',
+    certificate BYTEA
+);
+CREATE INDEX IF NOT EXISTS certificates_subject ON certificates(subject_serial);
+CREATE INDEX IF NOT EXISTS certificates_key ON certificates(public_key_sha256);
+CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
+"""
+
+SCHEMA = Schema("ledger", (TABLES_V1,), postgres=(PG_TABLES_V1,))  # version 1: the table as made before versions were kept
 
 
 @dataclass(frozen=True)
@@ -73,6 +97,7 @@ class CertRecord:
 
 COLUMNS = ("serial_hex, subject_serial, device_id, public_key_sha256, key_origin, not_after, issued, voided, "
             "void_reason, issuer_sha256, certificate")
+_PREFIXED = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 
 
 class DuplicateSerialError(LedgerError):
@@ -109,10 +134,15 @@ def public_key_sha256(public_key: PublicKeyTypes) -> str:
 
 class Ledger:
     def __init__(self, path: str | Path):
-        """`path`: the journal file (data_dir/journal.sqlite3), or ":memory:" for a throw-away ledger."""
-        self.path = Path(path) if str(path) != MEMORY else None
+        """`path`: the journal file (data_dir/journal.sqlite3), ":memory:" for a throw-away ledger, or a
+        PostgreSQL URL (every station's certificates)."""
+        self.path = None if str(path) == MEMORY else path if is_url(path) else Path(path)
         self._lock = threading.Lock()
         self._db = connect(path, SCHEMA)
+        self.serials = SerialPool(path)  # the device serial numbers it hands out ({counter}), in the same file
+        # every station's live certificates (station/replica.py: Replica.find_live), when the station has a
+        # factory database: a device serial live there is "already provisioned" here too
+        self.remote: Callable[[str | None, str | None], CertRecord | None] | None = None  # (serial, mac)
 
     @classmethod
     def for_data_dir(cls, data_dir: str | Path) -> "Ledger":
@@ -124,6 +154,7 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self.serials.close()
 
     def __enter__(self) -> "Ledger":
         return self
@@ -159,7 +190,7 @@ class Ledger:
                 self._db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                  astuple(record))
                 self._db.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:  # another process won a race the checks above could not see
+            except (sqlite3.IntegrityError, IntegrityError) as exc:  # another process won a race the checks missed
                 self._db.execute("ROLLBACK")
                 if "serial_hex" in str(exc):
                     raise DuplicateSerialError(f"certificate serial {record.serial_hex} is in the ledger "
@@ -190,9 +221,28 @@ class Ledger:
             return self._one_locked("serial_hex = ?", (serial.upper(),))
 
     def find_subject(self, subject_serial: str) -> CertRecord | None:
-        """The live (not voided) certificate of a device serial, or None."""
+        """The live (not voided) certificate of a device serial here, else on any station (`remote`), or None."""
         with self._lock:
-            return self._one_locked("subject_serial = ? AND voided IS NULL", (subject_serial,))
+            found = self._one_locked("subject_serial = ? AND voided IS NULL", (subject_serial,))
+        if found is None and self.remote is not None:
+            found = self.remote(subject_serial, None)  # copied into this file: its messages and void work here
+        return found
+
+    def find_board(self, mac: str) -> CertRecord | None:
+        """The live certificate of the board with this MAC (its journal record says which), here, else on any
+        station (`remote`), or None. A serial template over the station's {counter} names no board, so this is
+        what tells that board apart."""
+        with self._lock:
+            try:
+                row = self._db.execute(f"SELECT {_PREFIXED} FROM certificates c JOIN devices d ON d.id = c.device_id"
+                                       f" WHERE d.mac = ? AND c.voided IS NULL ORDER BY c.issued DESC LIMIT 1",
+                                       (mac,)).fetchone()
+            except sqlite3.OperationalError:  # a ledger file without the journal's tables
+                row = None
+        found = CertRecord(*row) if row else None
+        if found is None and self.remote is not None:
+            found = self.remote(None, mac)
+        return found
 
     def find_key(self, public_key: PublicKeyTypes) -> CertRecord | None:
         """The certificate (live or voided) that certified this public key, or None."""
@@ -267,6 +317,10 @@ def void_certificate(db: sqlite3.Connection, serial: str, reason: str) -> CertRe
 
 
 def _db_path(db: sqlite3.Connection) -> str:
+    if not isinstance(db, sqlite3.Connection):
+        from station.pg import redact
+
+        return redact(db.url)
     return next((row[2] for row in db.execute("PRAGMA database_list") if row[1] == "main"), "") or MEMORY
 
 

@@ -14,10 +14,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from station.identity.ca import StationCA
-from station.identity.idevid import check_csr, host_identity, issue_idevid, public_jwk, render_serial
+from station.identity.idevid import check_csr, host_identity, issue_idevid, public_jwk, render_serial, uses_counter
 from station.identity.ledger import Ledger, serial_hex
 from station.model import BoardInfo, StepFailed
 from station.profiles import IdentitySpec
+from station.serials import OutOfSerials
 
 
 @dataclass
@@ -36,13 +37,25 @@ def board_facts(board: BoardInfo) -> dict:
 
 
 def plan_identity(spec: IdentitySpec, board: BoardInfo, ledger: Ledger, reprovision: bool, store: str,
-                  target: Any) -> IdentityPlan:
+                  target: Any, device_id: str) -> IdentityPlan:
+    """`device_id`: the journal's id of this board; a {counter} number taken is recorded against it."""
     facts = board_facts(board)
+    live = None
+    if uses_counter(spec.certificate):  # the number names no board: the board is known by its MAC
+        live = ledger.find_board(board.mac) if board.mac else None
+        if live is not None and not reprovision:
+            raise StepFailed(ledger.already_provisioned_message(live))
+        try:
+            facts["counter"] = ledger.serials.take(spec.certificate.serial_template, spec.certificate.counter_start,
+                                                   device_id)
+        except OutOfSerials as exc:
+            raise StepFailed(str(exc)) from None
     try:
         serial = render_serial(spec.certificate, facts)
     except ValueError as exc:
         raise StepFailed(str(exc)) from exc
-    live = ledger.find_subject(serial)
+    if live is None and "counter" not in facts:  # a number just taken is live nowhere: no need to ask
+        live = ledger.find_subject(serial)
     if live is not None and not reprovision:
         raise StepFailed(ledger.already_provisioned_message(live))
     return IdentityPlan(spec, facts, serial, store, target, replaces=live.serial_hex if live else None)

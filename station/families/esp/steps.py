@@ -78,7 +78,8 @@ def check(ctx: DeviceContext) -> str:
     if ctx.profile.identity is not None:
         assert ctx.ledger is not None  # the engine refuses an identity profile without a CA
         store, partition = identity_target_step(options(ctx.profile), firmware)
-        ctx.identity = plan_identity(ctx.profile.identity, board, ctx.ledger, ctx.reprovision, store, partition)
+        ctx.identity = plan_identity(ctx.profile.identity, board, ctx.ledger, ctx.reprovision, store, partition,
+                                    ctx.device_id)
     if options(ctx.profile).wifi_in_nvs(ctx.profile.wifi) or options(ctx.profile).nvs or ctx.identity:
         ctx.payloads = ctx.pool.submit(build_payloads, ctx)
     identity = f"; identity {ctx.identity.subject_serial}" if ctx.identity else ""
