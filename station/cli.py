@@ -131,7 +131,7 @@ async def _run(engine: Engine, one_touch: bool, allowed: set[str] | None) -> Bat
 def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: StationCA | None,
                sources: list[PortSource], one_touch: bool, allowed: set[str] | None, operator_name: str | None,
                lot: str, verbose: bool, reprovision: bool = False, journal_sub: str = "",
-               broker=None) -> BatchSummary:
+               broker=None, spark=None) -> BatchSummary:
     journal, base = _open_journal(ctx, journal_sub)
     url = None if journal_sub else db_url(base, ctx.obj["db"])  # the demo's journal is kept apart
     replica = None
@@ -143,7 +143,8 @@ def _provision(ctx: click.Context, profile: Profile, psk: str | None, ca: Statio
                            err=True)
         engine = services.build_engine(profile, Discovery(sources), journal, data=base,
                                        operator=operator(operator_name), station_id=station_id(base), lot=lot,
-                                       psk=psk, ca=ca, broker=broker, reprovision=reprovision, replica=replica,
+                                       psk=psk, ca=ca, broker=broker, spark=spark, reprovision=reprovision,
+                                       replica=replica,
                                        offline_boards=offline_boards(base))
     except (CloudError, ValueError, OSError, StoreError) as exc:  # say why, touch no board
         journal.close()
@@ -248,10 +249,10 @@ def demo(ctx, boards, dfu_boards, headless, faults, throttle, profile_path, verb
     except IdentityError as exc:
         raise click.ClickException(str(exc))
     with DemoHub.mixed(boards, dfu_boards, faults=faults, throttle=throttle) as hub, \
-            services.demo_broker(ca_, _echo_note) as broker:
+            services.demo_broker(ca_, _echo_note) as broker, services.demo_spark_server(profile, _echo_note) as spark:
         # the same emulated boards come back every run: each run re-provisions them, as the window's demo does
         summary = _provision(ctx, profile, psk, ca_, hub.sources(), False, None, None, "demo", verbose,
-                             reprovision=True, journal_sub="demo", broker=broker)
+                             reprovision=True, journal_sub="demo", broker=broker, spark=spark)
     out = services.write_demo_manifest(base / "demo", summary.batch_id, ca_, station_id(base))
     click.echo(f"signed manifest: {out}\n  check it: station manifest verify {out} --root {out.parent / 'root.crt'}")
     sys.exit(0 if summary.ok or faults else 1)

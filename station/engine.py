@@ -51,7 +51,7 @@ class BatchSummary:
 class Engine:
     def __init__(self, profile: Profile, discovery: Discovery, journal: Journal, *, operator: str,
                  station_id: str, lot: str = "", psk: str | None = None, ca: StationCA | None = None,
-                 registrar: Registrar | None = None, reprovision: bool = False, poll_interval: float = 0.25,
+                 registrars: dict[str, Registrar] | None = None, reprovision: bool = False, poll_interval: float = 0.25,
                  workers: int = 64):
         self.profile = profile
         self.discovery = discovery
@@ -60,8 +60,8 @@ class Engine:
         self.ledger = Ledger(journal.path) if profile.identity else None  # certificates live in the journal file
         self.reprovision = reprovision
         # registrations wait in the journal file until the cloud confirms them, however long that takes
-        self.registrar = registrar
-        self.outbox = Outbox(journal.path, on_update=self._registration_update) if profile.cloud else None
+        self.registrars = registrars or {}  # by the name outbox rows carry (the profile's clouds' registrars)
+        self.outbox = Outbox(journal.path, on_update=self._registration_update) if profile.clouds else None
         self._outbox_task: asyncio.Task | None = None
         self._outbox_stop: asyncio.Event | None = None
         self._device_keys: dict[str, PortKey] = {}
@@ -129,11 +129,10 @@ class Engine:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
             self._ports_changed = asyncio.Condition()
-        if self.outbox is not None and self.registrar is not None and self._outbox_task is None:
+        if self.outbox is not None and self.registrars and self._outbox_task is None:
             self._outbox_stop = asyncio.Event()
-            assert self.profile.cloud is not None
             self._outbox_task = asyncio.ensure_future(
-                self.outbox.run({self.profile.cloud.registrar: self.registrar}, self._outbox_stop))
+                self.outbox.run(self.registrars, self._outbox_stop))
 
     # --- registration -------------------------------------------------------------------------------------
 
@@ -144,10 +143,10 @@ class Engine:
                                                         update.device_id, update.state, update.describe()))
 
     def pending_registrations(self) -> int:
-        """Registrations (and voids) waiting for this engine's registrar."""
-        if self.outbox is None or self.profile.cloud is None:
+        """Registrations (and voids) waiting for this profile's clouds."""
+        if self.outbox is None:
             return 0
-        return self.outbox.pending_count([self.profile.cloud.registrar])
+        return self.outbox.pending_count(list(self.profile.clouds))
 
     async def settle_registrations(self, timeout: float) -> int:
         """Give the outbox up to `timeout` seconds to deliver what is due; returns how many are still pending.
@@ -157,8 +156,8 @@ class Engine:
         self._bind_loop()  # starts the outbox, which picks up what earlier runs left pending
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
-        if self.outbox is not None and self.registrar is not None and self.profile.cloud is not None:
-            names = [self.profile.cloud.registrar]
+        if self.outbox is not None and self.registrars:
+            names = list(self.registrars)
             while time.monotonic() < deadline:
                 if not await loop.run_in_executor(self.pool, self.outbox.awaiting_attempt, names):
                     break
@@ -341,6 +340,7 @@ class Engine:
         if ctx.payloads is not None:
             concurrent.futures.wait([ctx.payloads])  # a certificate issued beside a failed flash must be voided too
         plan = ctx.identity
+        cloud = self.profile.cloud_for(ctx.port.family) if self.outbox is not None else None
         queued = False
         with self.journal.transaction() as db:
             if self.ledger is not None and result is not Result.PASS:
@@ -350,22 +350,21 @@ class Engine:
                     void_certificate(db, plan.record["certificate_serial"], reason or result.value)
                     plan.record["void"] = True
                 write_identity(db, ctx.device_id, plan.record)
-                registers = result is Result.PASS and self.outbox is not None and self.profile.cloud is not None
+                registers = result is Result.PASS and cloud is not None
                 if plan.replaces:
                     self._retire_replaced(db, plan.replaces, ctx.device_id, shut_out_by_registration=registers)
                 if registers:
                     registration = DeviceRegistration(
                         ctx.device_id, certificate_pem=plan.record["certificate"],
-                        topic_prefix=self.profile.cloud.topic_prefix,
+                        topic_prefix=cloud.topic_prefix,
                         facts={"subject_serial": plan.subject_serial, **plan.facts},
                         replaces_serial=int(plan.replaces, 16) if plan.replaces else None)
-                    add_row(db, ctx.device_id, self.profile.cloud.registrar, registration)
+                    add_row(db, ctx.device_id, cloud.registrar, registration)
                     queued = True
             if ctx.key_record is not None:
                 write_identity(db, ctx.device_id, ctx.key_record)
-                if result is Result.PASS and ctx.registration is not None and self.outbox is not None \
-                        and self.profile.cloud is not None:
-                    add_row(db, ctx.device_id, self.profile.cloud.registrar, ctx.registration)
+                if result is Result.PASS and ctx.registration is not None and cloud is not None:
+                    add_row(db, ctx.device_id, cloud.registrar, ctx.registration)
                     queued = True
             write_end(db, ctx.device_id, result, reason)
         if queued:

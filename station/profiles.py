@@ -76,11 +76,21 @@ class Profile:
     wifi: WifiSpec | None
     steps: dict[str, dict[str, StepPolicy]]  # family name -> step name -> policy
     identity: IdentitySpec | None = None
-    cloud: CloudSpec | None = None
+    cloud: CloudSpec | None = None  # [cloud]: where boards register unless their family has its own
+    family_clouds: dict[str, CloudSpec] = field(default_factory=dict)  # [cloud.<family>]: that family's boards
 
     @property
     def chips(self) -> tuple[str, ...]:
         return tuple(self.firmware)
+
+    def cloud_for(self, family: str) -> CloudSpec | None:
+        return self.family_clouds.get(family, self.cloud)
+
+    @property
+    def clouds(self) -> dict[str, CloudSpec]:
+        """Every cloud this profile's boards register with, by registrar (the name outbox rows carry)."""
+        specs = (self.cloud_for(family) for family in self.families)
+        return {spec.registrar: spec for spec in specs if spec is not None}
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -97,7 +107,7 @@ class Profile:
 
     def plan(self) -> list[str]:
         """What a run writes where, for a person to check before Start: images by chip, Wi-Fi, identity, cloud."""
-        from station.families import family_of_chip
+        from station.families import FAMILIES, family_of_chip
 
         lines = [f"Profile {self.name} ({self.path.name}, SHA-256 {self.sha256[:16]}…)"]
         for chip, fw in self.firmware.items():
@@ -111,22 +121,24 @@ class Profile:
                          f"'{cert.serial_template}' signed by the station CA")
         else:
             lines.append("Identity: none")
-        if self.cloud:
-            lines.append(f"Cloud: registered with {self.cloud.registrar}" + (f" at {self.cloud.url}" if self.cloud.url
-                                                                              else ""))
-            lines += [f"  except {chips}: {note}" for chips, note in self._unregistered()]
+        if self.clouds:
+            for name in self.families:
+                cloud, chips = self.cloud_for(name), "/".join(c for c in self.chips if c in FAMILIES[name].chips)
+                family = FAMILIES[name]
+                if cloud is None:
+                    lines.append(f"Cloud for {chips}: none")
+                elif family.registers_device_keys and not self.options[name].registered:
+                    lines.append(f"Cloud for {chips}: none (their {family.title} keys have no place on "
+                                 f"{cloud.registrar})")
+                elif not family.registers_device_keys and not (family.takes_identity and self.identity):
+                    lines.append(f"Cloud for {chips}: none (no device identity to register)")
+                else:
+                    lines.append(f"Cloud for {chips}: registered with {cloud.registrar}"
+                                 + (f" at {cloud.url}" if cloud.url else ""))
         else:
             lines.append("Cloud: none")
         return lines
 
-    def _unregistered(self) -> list[tuple[str, str]]:
-        """(chips, why) for boards whose family can't register with the profile's [cloud]."""
-        from station.families import FAMILIES
-
-        return [("/".join(c for c in self.chips if c in FAMILIES[name].chips),
-                 f"their {FAMILIES[name].title} keys have no place on {self.cloud.registrar}")
-                for name, options in self.options.items()
-                if FAMILIES[name].registers_device_keys and not options.registered]
 
 
 class Table:
@@ -218,15 +230,17 @@ def load_profile(path: str | os.PathLike) -> Profile:
             meta.fail(f"family {names} does not include '{extra}', but [[firmware]] has {extra} chips; add it or "
                       f"remove the key (the chips say which families a profile uses).", "family")
 
-    cloud = _load_cloud(top)
-    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware), "cloud": cloud}
+    cloud, family_clouds = _load_cloud(top, list(by_family))
+    generic = {"wifi": _load_wifi(top), "identity": _load_identity(top), "chips": tuple(firmware),
+               "clouds": {name: family_clouds.get(name, cloud) for name in by_family}}
     options = {name_: FAMILIES[name_].load_options(top, sets_, generic) for name_, sets_ in by_family.items()}
-    if cloud and not generic["identity"] and not any(FAMILIES[f].registers_device_keys for f in by_family):
+    registering = [f for f in by_family if generic["clouds"][f]]
+    if registering and not generic["identity"] and not any(FAMILIES[f].registers_device_keys for f in registering):
         top.fail("[cloud] registers each board by its certificate; add an [identity] table.")
     return Profile(path=file, sha256=hashlib.sha256(text).hexdigest(), name=name,
                    description=meta.get("description", str, ""), firmware=firmware, options=options,
                    wifi=generic["wifi"], steps=_load_steps(top, [FAMILIES[f] for f in by_family]),
-                   identity=generic["identity"], cloud=cloud)
+                   identity=generic["identity"], cloud=cloud, family_clouds=family_clouds)
 
 
 def family_keys(families: dict, table: str) -> tuple[str, ...]:
@@ -278,16 +292,31 @@ def read_pinned(img: Table, base: Path) -> PinnedFile:
     return PinnedFile(path=path, sha256=actual, data=data)
 
 
-def _load_cloud(top: Table) -> CloudSpec | None:
+def _load_cloud(top: Table, families: list[str]) -> tuple[CloudSpec | None, dict[str, CloudSpec]]:
+    """[cloud] (every board's) and its [cloud.<family>] tables (that family's boards: a profile with ESP boards on
+    the local broker and Cores on spark-server). Two clouds of one registrar must be the same cloud: outbox rows
+    name the registrar."""
+    if "cloud" not in top.raw:
+        return None, {}
+    table = top.sub("cloud", top.get("cloud", dict))
+    own = {name: table.sub(name, table.get(name, dict)) for name in families if name in table.raw}
+    default = _cloud_spec(table, tuple(own)) if "registrar" in table.raw or not own else None
+    by_family = {name: _cloud_spec(sub, ()) for name, sub in own.items()}
+    for name, spec in by_family.items():
+        other = next((s for s in [default, *by_family.values()] if s and s.registrar == spec.registrar), spec)
+        if other != spec:
+            own[name].fail(f"a second {spec.registrar} cloud; one registrar serves one cloud per profile, so give "
+                           f"these boards the same table or another registrar.", "registrar")
+    return default, by_family
+
+
+def _cloud_spec(table: Table, family_tables: tuple[str, ...]) -> CloudSpec:
     from station.cloud.registrar import REGISTRARS, RegistrarOptionError
 
-    if "cloud" not in top.raw:
-        return None
-    table = top.sub("cloud", top.get("cloud", dict))
     kind = table.get("registrar", str, hint=f"one of {', '.join(REGISTRARS)}")
     if kind not in REGISTRARS:
         table.fail(f"registrar {shown(kind)} is not known; use one of {', '.join(REGISTRARS)}.", "registrar")
-    table.check_keys(("registrar", *REGISTRARS[kind].OPTIONS))
+    table.check_keys(("registrar", *REGISTRARS[kind].OPTIONS, *family_tables))
     options = {k: table.get(k, str) for k in REGISTRARS[kind].OPTIONS if k not in ("topic_prefix", "url")
                and k in table.raw}
     for secret in ("client_secret", "password", "token"):

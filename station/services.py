@@ -62,14 +62,14 @@ def open_station_ca(data: Path, passphrase_source=None, pin_source=None) -> Stat
     return StationCA.load(data, passphrase_source, pin_source=pin_source)
 
 
-def registrar(profile: Profile, data: Path, ca: StationCA | None = None, broker=None) -> Registrar | None:
-    """The profile's [cloud] registrar (None without one). `broker`: a LocalBroker the caller runs (the demo's);
-    else "mosquitto" means the station's own (`station cloud up`)."""
-    if profile.cloud is None:
-        return None
+def registrars(profile: Profile, data: Path, ca: StationCA | None = None, broker=None,
+               spark: Registrar | None = None) -> dict[str, Registrar]:
+    """A registrar for each of the profile's clouds, by registrar name. `broker`: a LocalBroker the caller runs
+    (the demo's), else "mosquitto" means the station's own (`station cloud up`); `spark`: the demo's spark-server."""
     from station.cloud.connect import registrar_for
 
-    return registrar_for(profile.cloud, data, ca, broker)
+    return {name: spark if name == "spark-server" and spark is not None else registrar_for(spec, data, ca, broker)
+            for name, spec in profile.clouds.items()}
 
 
 def open_replica(folder: Path, url: str, station_id: str) -> "Replica":
@@ -119,7 +119,8 @@ def _share_factory_record(engine: Engine, replica: "Replica", offline_boards: in
 
 def build_engine(profile: Profile, discovery: Discovery, journal: Journal, *, data: Path, operator: str,
                  station_id: str, lot: str = "", psk: str | None = None, ca: StationCA | None = None,
-                 broker=None, reprovision: bool = False, poll_interval: float = 0.25, watch_only: bool = False,
+                 broker=None, spark: Registrar | None = None, reprovision: bool = False,
+                 poll_interval: float = 0.25, watch_only: bool = False,
                  on_registrar_error: Note | None = None, replica: "Replica | None" = None,
                  offline_boards: int = 10) -> Engine:
     """The engine for `profile`, with its certificate ledger and registration outbox in the journal's file.
@@ -130,18 +131,18 @@ def build_engine(profile: Profile, discovery: Discovery, journal: Journal, *, da
     replica: the factory database's link (open_replica): "already provisioned" and {counter} numbers are then
     every station's; raises OutOfSerials when the profile numbers boards and none can be had.
     """
-    reg = None
+    regs: dict[str, Registrar] = {}
     if watch_only:
-        profile, ca = dataclasses.replace(profile, cloud=None), None
-    elif profile.cloud is not None:
+        profile, ca = dataclasses.replace(profile, cloud=None, family_clouds={}), None
+    else:
         try:
-            reg = registrar(profile, data, ca, broker)
+            regs = registrars(profile, data, ca, broker, spark)
         except (CloudError, ValueError, OSError) as exc:  # SecretError is a ValueError
             if on_registrar_error is None:
                 raise
             on_registrar_error(f"cloud registration not set up ({exc}); passed boards wait in the outbox", "warning")
     engine = Engine(profile, discovery, journal, operator=operator, station_id=station_id, lot=lot, psk=psk, ca=ca,
-                    registrar=reg, reprovision=reprovision, poll_interval=poll_interval)
+                    registrars=regs, reprovision=reprovision, poll_interval=poll_interval)
     if replica is not None and not watch_only:
         _share_factory_record(engine, replica, offline_boards)
     return engine
@@ -196,6 +197,39 @@ def demo_broker(ca: StationCA, note: Note = _silent) -> Iterator:
         finally:
             broker.down()
             shutil.rmtree(folder, ignore_errors=True)
+
+
+DEMO_SPARK_USER = "demo@station.local"
+DEMO_SPARK_SECRET_ENV = "STATION_DEMO_SPARK_SECRET"  # this run's random client secret and password
+
+
+@contextlib.contextmanager
+def demo_spark_server(profile: Profile, note: Note = _silent) -> Iterator[Registrar | None]:
+    """For a profile whose boards register with spark-server, one demo run's stand-in for it
+    (station/cloud/spark_test_server.py) on a free loopback port; yields its registrar, else None."""
+    if "spark-server" not in profile.clouds:
+        yield None
+        return
+    import secrets
+
+    from station.cloud.registrar import SparkServerRegistrar
+    from station.cloud.spark_test_server import SparkTestServer
+    from station.secrets import SecretSpec
+
+    secret = secrets.token_urlsafe(18)
+    os.environ[DEMO_SPARK_SECRET_ENV] = secret  # read like any spark-server secret, by name; gone after the run
+    try:
+        with tempfile.TemporaryDirectory(prefix="station-demo-spark-") as folder, \
+                SparkTestServer(Path(folder) / "core_keys", users={DEMO_SPARK_USER: secret},
+                                clients={"station-demo": secret}) as server:
+            note(f"local cloud: spark-server stand-in on {server.url} (device keys of Cores and Photons)", "info")
+            place = f"env:{DEMO_SPARK_SECRET_ENV}"
+            yield SparkServerRegistrar(server.url, client_id="station-demo",
+                                       client_secret=SecretSpec.parse("demo spark-server client secret", place),
+                                       username=DEMO_SPARK_USER,
+                                       password=SecretSpec.parse("demo spark-server password", place))
+    finally:
+        os.environ.pop(DEMO_SPARK_SECRET_ENV, None)
 
 
 @contextlib.contextmanager

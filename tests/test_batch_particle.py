@@ -90,7 +90,7 @@ def registrar(url: str) -> SparkServerRegistrar:
 
 def run_batch(profile, registry: Path, journal: Journal, reg, on_event=None, settle: float = 10.0):
     engine = Engine(profile, Discovery([SimPortSource(registry)]), journal, operator="tester",
-                    station_id="station-t", psk=PSK, ca=CA, registrar=reg, reprovision=True)
+                    station_id="station-t", psk=PSK, ca=CA, registrars={"spark-server": reg}, reprovision=True)
     if on_event is not None:
         engine.subscribe(lambda e: on_event(engine, e))
 

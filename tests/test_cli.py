@@ -141,7 +141,8 @@ def test_wrong_ca_passphrase_stops_before_any_board(tmp_path, hub):
 
 
 def test_headless_demo_provisions_esp_and_dfu_boards_on_one_hub(tmp_path):
-    """`station demo --headless`: ESP boards and USB DFU boards on one emulated hub, all pass, all signed."""
+    """`station demo --headless`: ESP, DFU and Particle boards on one emulated hub, all pass, all signed, each
+    registered with its family's cloud."""
     done = station(tmp_path, "demo", "--headless", "--boards", "2", "--dfu-boards", "3", "--no-throttle")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "5 passed, 0 failed" in done.stdout
@@ -152,6 +153,9 @@ def test_headless_demo_provisions_esp_and_dfu_boards_on_one_hub(tmp_path):
         ("particle", "sim-3.1", "Spark Core", "pass"), ("particle", "sim-3.2", "Photon", "pass")]
     particle = [r for r in records if r["family"] == "particle"]
     assert all(len(r["identity"]["particle_device_id"]) == 24 for r in particle)  # read in listening mode
+    # each cloud of the profile: ESP boards on the demo's Mosquitto, the Core and the Photon on its spark-server
+    assert done.stdout.count("registration delivered to mosquitto") == 2
+    assert done.stdout.count("registration delivered to spark-server") == 2
     verified = station(tmp_path, "manifest", "verify", str(manifest), "--root", str(manifest.parent / "root.crt"))
     assert verified.returncode == 0, verified.stderr
 

@@ -147,4 +147,5 @@ def test_particle_keys_register_with_spark_server_and_not_with_the_broker(tmp_pa
     broker = '[cloud]\nregistrar = "mosquitto"\n'
     profile = load_profile(particle_profile(tmp_path, particle, broker))
     assert not profile.options["particle"].registered
-    assert "  except Photon: their Particle (Spark Core, Photon) keys have no place on mosquitto" in profile.plan()
+    assert "Cloud for Photon: none (their Particle (Spark Core, Photon) keys have no place on mosquitto)" in \
+        profile.plan()

@@ -154,3 +154,15 @@ def test_each_family_keeps_its_own_step_defaults_until_steps_names_one(profile_d
     assert {family: own["check"].timeout for family, own in told.steps.items()} == {"esp": 45, "dfu": 45,
                                                                                    "particle": 45}
     assert told.steps["esp"]["flash"] == mixed.steps["esp"]["flash"]  # what [steps] does not name stays
+
+
+def test_a_family_can_have_its_own_cloud_and_one_registrar_serves_one_cloud(profile_dir):
+    mixed = load_profile(profile_dir / "p.toml")  # [cloud] on the local broker, [cloud.particle] on spark-server
+    assert mixed.cloud_for("esp").registrar == "mosquitto" and mixed.cloud_for("particle").registrar == "spark-server"
+    assert set(mixed.clouds) == {"mosquitto", "spark-server"}
+
+    text = (profile_dir / "p.toml").read_text()
+    (profile_dir / "p.toml").write_text(text + '\n[cloud.esp]\nregistrar = "spark-server"\nurl = "http://10.0.0.9"\n'
+                                               'username = "a@b.c"\nclient_secret = "env:S"\npassword = "env:P"\n')
+    message = refused(profile_dir / "p.toml")
+    assert "[cloud." in message and "a second spark-server cloud" in message

@@ -52,7 +52,7 @@ def provision(folder: Path, ca, broker, boards, registrations=None):
     server = EspSimServer(boards, registry_dir=registry).start()
     journal = Journal(folder / "journal.sqlite3")
     engine = Engine(load_profile(PROFILE), Discovery([SimPortSource(registry)]), journal, operator="t",
-                    station_id="s", psk="password123", ca=ca, registrar=broker.registrar())
+                    station_id="s", psk="password123", ca=ca, registrars={"mosquitto": broker.registrar()})
     if registrations is not None:
         engine.subscribe(lambda e: registrations.append(e) if isinstance(e, ev.RegistrationChanged) else None)
 
@@ -136,7 +136,7 @@ def test_boards_join_with_their_own_identity_and_nothing_else_gets_in(cloud):
     victim = next(d for d in journal.devices() if d.mac == boards[0].mac_text)
     assert "removal from mosquitto queued" in void_device(journal, victim.id, "returned as faulty")
     engine = Engine(load_profile(PROFILE), Discovery([]), journal, operator="t", station_id="s", psk="x" * 8,
-                    ca=ca, registrar=broker.registrar())
+                    ca=ca, registrars={"mosquitto": broker.registrar()})
 
     try:
         assert asyncio.run(engine.settle_registrations(timeout=60)) == 0
@@ -156,7 +156,7 @@ def test_cloud_down_for_the_whole_batch_then_back_delivers_each_once_and_survive
     broker.up()  # the cloud comes back; a new station process (new engine, same journal file) delivers
     journal = Journal(folder / "journal.sqlite3")
     engine = Engine(load_profile(PROFILE), Discovery([]), journal, operator="t", station_id="s", psk="x" * 8,
-                    ca=ca, registrar=broker.registrar())
+                    ca=ca, registrars={"mosquitto": broker.registrar()})
 
     try:
         assert asyncio.run(engine.settle_registrations(timeout=60)) == 0

@@ -132,7 +132,10 @@ def test_a_refused_profile_leaves_nothing_loaded_and_start_disabled(stations, mo
     assert w.start_action.isEnabled() and w.banner.property("kind") != "blocked"
     assert w.profile_title.text() == c.profile.name  # the name, large, above the banner
     plan = w.plan_text()  # the pre-Start check: what goes where, with hashes, identity and cloud
-    for words in ("ESP32:", "→ flash 0x010000", "SHA-256", "STM32:", "→ alt 0 at 0x08000000", "Identity:", "Cloud:"):
+    for words in ("ESP32:", "→ flash 0x010000", "SHA-256", "STM32:", "→ alt 0 at 0x08000000", "Identity:",
+                  "Cloud for ESP32/ESP32-C3/ESP8266: registered with mosquitto",
+                  "Cloud for STM32: none (no device identity to register)",
+                  "Cloud for Spark Core/Photon: registered with spark-server"):
         assert words in plan
 
 

@@ -76,6 +76,7 @@ class StationController(QObject):
         self.reprovision_default = False  # the demo re-provisions its boards on every run
         self.data_dir: Path | None = None  # where `station cloud up` keeps the broker's state
         self.broker = None  # a LocalBroker the caller runs (the demo's); None: the station's own
+        self.spark = None  # the demo's spark-server registrar; None: the profile's own
         self._idle = QTimer(self)
         self._idle.setInterval(idle_scan_ms)
         self._idle.timeout.connect(self._idle_scan)
@@ -176,7 +177,7 @@ class StationController(QObject):
         try:
             engine = services.build_engine(
                 self.profile, self.discovery, self.journal, data=self.data_dir or Path("."), operator=self.operator,
-                station_id=self.station_id, lot=self.lot, psk=psk, ca=self.ca, broker=self.broker,
+                station_id=self.station_id, lot=self.lot, psk=psk, ca=self.ca, broker=self.broker, spark=self.spark,
                 reprovision=self.reprovision_default, poll_interval=self.poll_interval, watch_only=not full,
                 on_registrar_error=lambda text, level: self._say(level, text), replica=self.replica,
                 offline_boards=self.offline_boards)

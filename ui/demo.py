@@ -15,6 +15,7 @@ demo adds two things a real bench has and an emulator does not:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -107,9 +108,11 @@ async def demo_ca():
 
 
 async def start_demo_cloud(station: Station):
-    """The demo's own Mosquitto on loopback (station.services.demo_broker), started in the executor; returns
-    the context to close at the end, or None when the profile registers nowhere."""
-    if getattr(station.controller.profile, "cloud", None) is None:
+    """The demo's own Mosquitto on loopback (station.services.demo_broker) and, for Cores and Photons, its
+    spark-server stand-in, started in the executor; returns the context to close at the end, or None when the
+    profile registers nowhere."""
+    profile = station.controller.profile
+    if profile is None or not profile.clouds:
         return None
     ca = await demo_ca()
     loop = asyncio.get_running_loop()
@@ -117,8 +120,13 @@ async def start_demo_cloud(station: Station):
     def note(text: str, level: str) -> None:  # said from the executor; the bridge lives on the GUI thread
         loop.call_soon_threadsafe(station.bridge.note, f"demo: {text}", level)
 
-    context = services.demo_broker(ca, note)
-    station.controller.broker = await loop.run_in_executor(None, context.__enter__)
+    def start() -> tuple[contextlib.ExitStack, object, object]:
+        with contextlib.ExitStack() as stack:
+            broker = stack.enter_context(services.demo_broker(ca, note))
+            spark = stack.enter_context(services.demo_spark_server(profile, note))
+            return stack.pop_all(), broker, spark
+
+    context, station.controller.broker, station.controller.spark = await loop.run_in_executor(None, start)
     return context
 
 

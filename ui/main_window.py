@@ -355,8 +355,8 @@ class MainWindow(QMainWindow):
         words = [p.summary().removeprefix(f"{p.name}: ")]
         if p.identity:
             words.append("a certificate per board")
-        if p.cloud:
-            words.append(f"registered with {p.cloud.registrar}")
+        if p.clouds:
+            words.append(f"registered with {' and '.join(p.clouds)}")
         return " · ".join(words)
 
     def plan_text(self) -> str:

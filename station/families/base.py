@@ -32,6 +32,7 @@ class BoardFamily:
     transports: ClassVar[dict[tuple[int, int], str]] = {}
     # a board registers with the cloud by a key the family makes or reads (not by an [identity] certificate)
     registers_device_keys: ClassVar[bool] = False
+    takes_identity: ClassVar[bool] = False  # its boards get the profile's [identity] certificate (and register by it)
     url_schemes: ClassVar[tuple[str, ...]]  # `--port URL` schemes this family opens ("" = a device path)
     chips: ClassVar[tuple[str, ...]]  # what a profile's [[firmware]] chip may name
     # keys this family reads in shared profile tables, beyond the generic ones ({"wifi": ("partition",)})

@@ -129,7 +129,7 @@ def test_an_undeliverable_void_does_not_hold_up_a_later_run(tmp_path):
     profile = load_profile(PROFILE)
     registrar = Unreachable()
     engine = Engine(profile, Discovery([]), journal, operator="t", station_id="s", psk="x" * 8,
-                    registrar=registrar)
+                    registrars={"mosquitto": registrar})
     try:
         cert_pem = _self_signed_pem()
         engine.outbox.enqueue_void(DeviceRegistration("d" * 32, certificate_pem=cert_pem), "mosquitto")

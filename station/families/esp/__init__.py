@@ -19,6 +19,7 @@ class EspFamily(BoardFamily):
     transport = "serial"
     url_schemes = ("", "socket", "rfc2217", "espsim")
     chips = esp_profile.ESP_CHIPS
+    takes_identity = True
     profile_keys = {"": ("nvs",), "profile": ("baud", "verify"), "wifi": ("partition", "method", "improv_wait"),
                     "identity": ("store", "partition", "flash_layout", "files", "broker_fingerprint")}
     policies = {

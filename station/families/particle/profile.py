@@ -9,9 +9,10 @@ board the local cloud's:
     server_address = "192.168.1.10"   # IPv4 or host name the board connects to
     device_key = "new"                # "new": made on the station in memory; "keep": the board's own, checked
 
-With a [cloud] each board's device ID and public key are registered there (spark-server's provisioning API;
-an HTTPS registrar gets the same record). The local Mosquitto broker admits devices by certificate only, so with
-registrar = "mosquitto" these boards are provisioned but not registered, and the profile's plan says so.
+With a [cloud] (or its own [cloud.particle] table) each board's device ID and public key are registered there
+(spark-server's provisioning API; an HTTPS registrar gets the same record). The local Mosquitto broker admits
+devices by certificate only, so with registrar = "mosquitto" these boards are provisioned but not registered, and
+the profile's plan says so.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def load_options(top: Table, firmware: dict[str, ParticleFirmwareSet], generic: 
     if device_key not in DEVICE_KEY_CHOICES:
         table.fail(f"device_key is \"new\" (made on the station) or \"keep\" (the board's own), not "
                    f"{device_key!r}.", "device_key")
-    cloud = generic.get("cloud")
+    cloud = generic["clouds"]["particle"]
     # the local broker admits a device by its certificate: a Particle device key has no place there
     registered = cloud is not None and cloud.registrar not in CERTIFICATE_ONLY
     return ParticleOptions(server_key=server_key, server_key_file=file.name, server_address=address,

@@ -134,7 +134,7 @@ def check(ctx: DeviceContext) -> str:
         kept = "replaced by a key made on the station"
     _record(ctx)
     total = sum(len(p.data) for p in _writes(ctx))
-    cloud = ctx.profile.cloud
+    cloud = ctx.profile.cloud_for("particle")
     unregistered = (f"; its key is not registered: [cloud] {cloud.registrar} admits devices by certificate"
                     if cloud is not None and not options.registered else "")
     return (f"{len(_writes(ctx))} ranges ({total} bytes) fit the board's memory; old device key "
