@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 
 from station.cloud import BrokerError, CloudError
 from station.cloud.dynsec import ADMIN_USERNAME, DynsecClient
+from station.cloud.server_process import accepts, chown, port_taken, running_pid, stop, write_file
 from station.cloud.tls import IssuingCA, check_issuing_ca, issue_server_certificate, make_crl, \
     server_certificate_fits
 
@@ -220,10 +221,7 @@ class LocalBroker:
             if pid is None:
                 self.pid_path.unlink(missing_ok=True)
                 return False
-            os.kill(pid, signal.SIGTERM)
-            if not self._wait_gone(pid, STOP_TIMEOUT):
-                os.kill(pid, signal.SIGKILL)
-                self._wait_gone(pid, STOP_TIMEOUT)
+            stop(pid, STOP_TIMEOUT)
             self.pid_path.unlink(missing_ok=True)
             self._proc = None
             return True
@@ -346,15 +344,13 @@ class LocalBroker:
                 f"a normal user.")
 
     def _check_port_free(self, host: str, port: int) -> None:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Mosquitto does
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise BrokerError(f"port {port} is busy on {host or 'all interfaces'}: another program "
-                                      f"(another broker?) listens there; stop it or choose another port") from None
-                raise BrokerError(f"can't listen on {host}:{port}: {exc.strerror}") from None
+        exc = port_taken(host, port)
+        if exc is None:
+            return
+        if exc.errno == errno.EADDRINUSE:
+            raise BrokerError(f"port {port} is busy on {host or 'all interfaces'}: another program "
+                              f"(another broker?) listens there; stop it or choose another port")
+        raise BrokerError(f"can't listen on {host}:{port}: {exc.strerror}")
 
     def _prepare_files(self, plugin: str, ports: BrokerPorts, user: pwd.struct_passwd) -> None:
         assert self.ca is not None
@@ -364,14 +360,14 @@ class LocalBroker:
             os.chmod(self.state_dir, stat.S_IMODE(self.state_dir.stat().st_mode) | stat.S_IXOTH)
         self.broker_dir.mkdir(mode=0o700, exist_ok=True)
         self._check_reachable(user)
-        _chown(self.broker_dir, user)
+        chown(self.broker_dir, user)
         os.chmod(self.broker_dir, 0o700)
 
         password = self._ensure_admin_password()
         self._ensure_dynsec(password, user)
 
         trust = self.ca.trust_pem()
-        _write(self.broker_dir / "ca-chain.pem", trust, 0o644, user)
+        write_file(self.broker_dir / "ca-chain.pem", trust, 0o644, user)
         cert_path, key_path = self.broker_dir / "server.pem", self.broker_dir / "server.key"
         current = None
         if cert_path.exists() and key_path.exists():
@@ -381,11 +377,11 @@ class LocalBroker:
                 current = None
         if current is None or not server_certificate_fits(current, self.ca.certificate, self.server_names):
             key, cert = issue_server_certificate(self.ca.certificate, self.ca.key, self.server_names)
-            _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), 0o600, user)
+            write_file(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()), 0o600, user)
             chain = cert.public_bytes(serialization.Encoding.PEM) + \
                 self.ca.certificate.public_bytes(serialization.Encoding.PEM)
-            _write(cert_path, chain, 0o644, user)
+            write_file(cert_path, chain, 0o644, user)
         with self._state_lock():
             self._write_crl(self._revoked(), user, fresh=True)  # new dates every start: an expired CRL refuses all
 
@@ -424,7 +420,7 @@ class LocalBroker:
         for line in lines:
             if any(c in line for c in "\n\r"):
                 raise BrokerError(f"a path in the broker config contains a line break: {line!r}")
-        _write(self.conf_path, ("\n".join(lines) + "\n").encode(), 0o644, user)
+        write_file(self.conf_path, ("\n".join(lines) + "\n").encode(), 0o644, user)
 
     def _ensure_admin_password(self) -> str:
         if self.password_path.exists():
@@ -432,7 +428,7 @@ class LocalBroker:
             if password:
                 return password
         password = secrets.token_urlsafe(32)
-        _write(self.password_path, password.encode(), 0o600, None)
+        write_file(self.password_path, password.encode(), 0o600, None)
         return password
 
     def _ensure_dynsec(self, password: str, user: pwd.struct_passwd) -> None:
@@ -472,7 +468,7 @@ class LocalBroker:
                      ("publishClientReceive", "#"), ("subscribePattern", "#"), ("unsubscribePattern", "#")]
             roles.append({"rolename": "admin", "acls": [{"acltype": t, "topic": p, "allow": True}
                                                         for t, p in allow]})
-        _write(self.dynsec_path, json.dumps(config, indent=2).encode(), 0o600, user)
+        write_file(self.dynsec_path, json.dumps(config, indent=2).encode(), 0o600, user)
 
     # --- CRL ----------------------------------------------------------------------------------------------
 
@@ -513,8 +509,8 @@ class LocalBroker:
                        [(r["serial"], dt.datetime.fromisoformat(r["when"])) for r in revoked["serials"]],
                        number=revoked["crl_number"], last_update=last)
         self.broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644, user)
-        _write(self.state_dir / "revoked.json", json.dumps(revoked, indent=1).encode(), 0o644, None)
+        write_file(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644, user)
+        write_file(self.state_dir / "revoked.json", json.dumps(revoked, indent=1).encode(), 0o644, None)
 
     # --- process ------------------------------------------------------------------------------------------
 
@@ -526,7 +522,7 @@ class LocalBroker:
                                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                                     env=BROKER_ENV)  # none of the station's secrets (STATION_CA_PASSPHRASE, …)
         self._proc = proc
-        _write(self.pid_path, f"{proc.pid}\n".encode(), 0o644, None)
+        write_file(self.pid_path, f"{proc.pid}\n".encode(), 0o644, None)
         deadline = time.monotonic() + START_TIMEOUT
         devices_host = ports.devices_host if ports.devices_host not in ("", "0.0.0.0") else "127.0.0.1"
         try:
@@ -538,7 +534,7 @@ class LocalBroker:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"the broker did not open its ports within {START_TIMEOUT:.0f} s; the last "
                                       f"lines of {self.log_path}:\n{self._log_tail(offset)}")
-                if _accepts(*pending[0]):
+                if accepts(*pending[0]):
                     pending.pop(0)
                 else:
                     time.sleep(0.02)  # polling the port, bounded by the deadline above
@@ -556,42 +552,13 @@ class LocalBroker:
             self.pid_path.unlink(missing_ok=True)
             raise
         state = {"pid": proc.pid, "ports": asdict(ports), "user": user.pw_name, "started": time.time()}
-        _write(self.state_dir / "broker.json", json.dumps(state).encode(), 0o644, None)
+        write_file(self.state_dir / "broker.json", json.dumps(state).encode(), 0o644, None)
 
     def _running_pid(self) -> int | None:
         """The broker's PID if the PID file names a live Mosquitto started with this state dir's config."""
         if self._proc is not None and self._proc.poll() is not None:
             self._proc = None  # our child died: reaped
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return None
-        if state == "Z" or str(self.conf_path).encode() not in cmdline:
-            return None  # gone, or the PID now belongs to something else
-        return pid
-
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        if self._proc is not None and self._proc.pid == pid:
-            try:
-                self._proc.wait(timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while self._running_pid() == pid:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it if this process started it (another LocalBroker object)
-            except ChildProcessError:
-                pass
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)  # not our child: nothing to wait() on, so watch /proc, bounded
-        return True
+        return running_pid(self.pid_path, str(self.conf_path))
 
     def _log_since(self, offset: int) -> str:
         try:
@@ -642,37 +609,7 @@ def _password_matches(entry: dict, password: str) -> bool:
     return secrets.compare_digest(got, want)
 
 
-def _chown(path: Path, user: pwd.struct_passwd | None) -> None:
-    if user is not None and os.geteuid() == 0 and user.pw_uid != 0:
-        os.chown(path, user.pw_uid, user.pw_gid)
 
-
-def _write(path: Path, data: bytes, mode: int, user: pwd.struct_passwd | None) -> None:
-    """Write next to the final name, fix mode and owner, fsync, then move into place (os.replace)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as out:
-            fd = -1
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        _chown(tmp, user)
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 ROOT_FALLBACK = Path("/var/lib/provisioning-station")

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from station.cloud import CloudError
+from station.cloud.server_process import write_file
 from station.text import shown
 
 CHANNEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -100,8 +101,9 @@ def publish(root: Path, channel: str, data: bytes, public_key, version: str, fil
     folder = Path(root) / channel
     for directory in (Path(root), folder, folder / "releases"):
         _make_dir(directory)
-    _write(folder / "releases" / f"{release.sha256}.bin", data)
-    _write(folder / "current.json", json.dumps(asdict(release), indent=1).encode())
+    # readable by all: a release is public (it goes to every board), and the update server may run unprivileged
+    write_file(folder / "releases" / f"{release.sha256}.bin", data, 0o644)
+    write_file(folder / "current.json", json.dumps(asdict(release), indent=1).encode(), 0o644)
     return release
 
 
@@ -156,17 +158,3 @@ def _make_dir(path: Path) -> None:
         os.chmod(path, 0o755)
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Next to the final name, fsynced, then renamed over it: a reader sees the old file or the new one. Readable
-    by all: a release is public (it goes to every board), and the update server may run unprivileged."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            os.fchmod(out.fileno(), 0o644)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

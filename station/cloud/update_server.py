@@ -28,7 +28,6 @@ import logging
 import os
 import pwd
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 
 from station.cloud import BrokerError
 from station.cloud.ota import ReleaseShelf
+from station.cloud.server_process import accepts, port_taken, running_pid, stop, write_file
 from station.cloud.tls import IssuingCA, issue_server_certificate, server_certificate_fits
 from station.identity.ledger import Ledger, serial_hex
 from station.text import one_line
@@ -204,7 +204,11 @@ class UpdateService:
         return self.state_dir / "server.log"
 
     def check_port_free(self) -> None:
-        _check_port_free(self.config.host, self.config.port)
+        exc = port_taken(self.config.host, self.config.port)
+        if exc is not None:
+            raise BrokerError(f"the update server can't listen on {self.config.host or 'all interfaces'} port "
+                              f"{self.config.port} ({exc.strerror}): another program listens there; stop it or "
+                              f"choose another --ota-port")
 
     def up(self) -> str:
         """Start the server (or leave a running one alone); a line saying where it listens."""
@@ -223,7 +227,7 @@ class UpdateService:
         self.pid_path.write_text(f"{proc.pid}\n")
         host = self.config.host if self.config.host not in ("", "0.0.0.0") else "127.0.0.1"
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _accepts(host, self.config.port):
+        while not accepts(host, self.config.port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 if proc.poll() is None:
                     proc.kill()
@@ -236,31 +240,13 @@ class UpdateService:
 
     def down(self) -> bool:
         pid = self.running_pid()
-        if pid is None:
-            self.pid_path.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while self.running_pid() == pid:
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-            except ChildProcessError:
-                pass
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + STOP_TIMEOUT_S
-            time.sleep(0.02)  # watching /proc for the process to go, bounded
+        if pid is not None:
+            stop(pid, STOP_TIMEOUT_S)
         self.pid_path.unlink(missing_ok=True)
-        return True
+        return pid is not None
 
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_path.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError):
-            return None
-        return pid if state != "Z" and str(self.state_dir).encode() in cmdline else None
+        return running_pid(self.pid_path, str(self.state_dir))
 
     def status_line(self) -> str:
         pid = self.running_pid()
@@ -282,46 +268,19 @@ class UpdateService:
             have = None
         if have is None or not server_certificate_fits(have, self.ca.certificate, self.server_names):
             key, cert = issue_server_certificate(self.ca.certificate, self.ca.key, self.server_names)
-            _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), 0o600)
-            _write(cert_path, cert.public_bytes(serialization.Encoding.PEM)
-                   + self.ca.certificate.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write(self.state_dir / "ca-chain.pem", self.ca.trust_pem(), 0o644)
-        _write(self.state_dir / "server.json", json.dumps(asdict(self.config)).encode(), 0o644)
+            write_file(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()), 0o600)
+            write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM)
+                       + self.ca.certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_file(self.state_dir / "ca-chain.pem", self.ca.trust_pem(), 0o644)
+        write_file(self.state_dir / "server.json", json.dumps(asdict(self.config)).encode(), 0o644)
 
 
 def _load_config(state_dir: Path) -> UpdateServerConfig:
     return UpdateServerConfig(**json.loads((state_dir / "server.json").read_text()))
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), mode)
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
-
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket does
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise BrokerError(f"the update server can't listen on {host or 'all interfaces'} port {port} "
-                              f"({exc.strerror}): another program listens there; stop it or choose another "
-                              f"--ota-port") from None
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def drop_root() -> None:
